@@ -1,0 +1,19 @@
+"""Weight initialisation: every draw comes from a Generator the caller seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numpyllm.nn.parameter import Parameter
+
+
+def normal(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype) -> Parameter:
+    return Parameter((rng.standard_normal(shape) * std).astype(dtype))
+
+
+def zeros(shape: tuple[int, ...], dtype) -> Parameter:
+    return Parameter(np.zeros(shape, dtype=dtype))
+
+
+def ones(shape: tuple[int, ...], dtype) -> Parameter:
+    return Parameter(np.ones(shape, dtype=dtype))
