@@ -1,0 +1,243 @@
+"""Scaled dot-product attention, forward and backward, for any number of leading axes.
+
+    S   = scale * Q K^T + B          scores        (..., Tq, Tk)
+    S_ij = -inf where query i may not attend to key j (causal rule or mask)
+    P   = softmax(S) along the keys  attention     (..., Tq, Tk)
+    out = P V                        output        (..., Tq, dv)
+
+Q (..., Tq, d), K (..., Tk, d), V (..., Tk, dv). The leading axes (batch,
+heads, ...) broadcast as in ``np.matmul``, so a K shared by every head may be
+passed with a head axis of size 1; its gradient is summed back to that shape.
+
+Masking is done by writing -inf into S (added from a 0 / -inf table), never
+a finite sentinel such as -1e4: exp(-inf) is exactly 0, so a masked key gets
+exactly zero weight however large the other scores are. A query row with
+nothing to attend to (every S_ij = -inf) would be 0/0; it is defined to give
+P = 0 and so an output row of zeros.
+
+Causal attention with Tq != Tk aligns the queries to the *end* of the keys:
+query i may attend to key j iff j <= i + (Tk - Tq). With a KV cache the keys
+are the Tk - Tq earlier tokens followed by the Tq new ones, and this is the
+ordinary "no peeking at the future" rule for the new tokens. When Tq > Tk the
+first Tq - Tk queries see no key and output zeros.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=32)
+def _causal_additive_mask(tq: int, tk: int, dtype: np.dtype) -> np.ndarray | None:
+    """(Tq, Tk) table of 0 (may attend) and -inf (key j > i + Tk - Tq); None if nothing is masked.
+
+    A pure function of the shape, so it is built once per (Tq, Tk, dtype) and
+    shared; it is made read-only so a caller cannot corrupt the shared copy.
+    Adding it to S is one cheap broadcast pass (several times faster than a
+    masked ``np.copyto``).
+    """
+    blocked = np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)  # j > i + (Tk - Tq)
+    if not blocked.any():
+        return None  # e.g. one new query during generation: it sees every key
+    table = np.where(blocked, dtype.type(-np.inf), dtype.type(0))
+    table.flags.writeable = False
+    return table
+
+
+def _additive_mask(
+    causal: bool, mask: np.ndarray | None, tq: int, tk: int, dtype: np.dtype
+) -> np.ndarray | None:
+    """The causal rule and the boolean mask as one 0 / -inf table; None when nothing is masked."""
+    causal_table = _causal_additive_mask(tq, tk, dtype) if causal else None
+    if mask is None:
+        return causal_table
+    allowed = mask
+    if causal_table is not None:
+        allowed = mask & (causal_table == 0)  # broadcast: (..., Tq | 1, Tk | 1) & (Tq, Tk)
+    return np.where(allowed, dtype.type(0), dtype.type(-np.inf))
+
+
+def _sum_to_shape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``x`` over the axes along which an array of ``shape`` was broadcast to x.shape."""
+    if x.shape == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1
+    )
+    return x.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _check_inputs(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+) -> tuple[int, ...]:
+    """Validate shapes and dtypes; return the shape of the scores S after all broadcasting."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim < 2:
+            raise ValueError(f"attention: {name} must have shape (..., T, d), got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"attention: {name} must be a floating-point array, got {a.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(
+            f"attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"attention: q and k must have the same feature size d, got q {q.shape} "
+            f"(d={q.shape[-1]}) and k {k.shape} (d={k.shape[-1]})"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"attention: k and v must have the same number of keys Tk, got k {k.shape} "
+            f"and v {v.shape}"
+        )
+    try:
+        lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"attention: leading (batch/head) axes of q {q.shape}, k {k.shape}, v {v.shape} "
+            "do not broadcast"
+        ) from None
+    scores_shape = (*lead, q.shape[-2], k.shape[-2])
+    for name, a in (("mask", mask), ("bias", bias)):
+        if a is None:
+            continue
+        try:
+            full = np.broadcast_shapes(scores_shape, a.shape)
+        except ValueError:
+            full = None
+        if full is None or full[-2:] != scores_shape[-2:]:
+            raise ValueError(
+                f"attention: {name} of shape {a.shape} does not broadcast to the scores' "
+                f"shape (..., Tq, Tk) = {scores_shape}"
+            )
+        scores_shape = full
+    if mask is not None and mask.dtype != np.bool_:
+        raise TypeError(
+            f"attention: mask must be boolean (True = may attend), got {mask.dtype}; "
+            "pass an additive float mask as bias instead"
+        )
+    if bias is not None and not np.issubdtype(bias.dtype, np.floating):
+        raise TypeError(f"attention: bias must be a floating-point array, got {bias.dtype}")
+    return scores_shape
+
+
+def attention_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool = False,
+    mask: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    scale: float | None = None,
+) -> tuple[np.ndarray, tuple]:
+    """out = softmax(scale * q k^T + bias, masked) v.
+
+    Shapes: q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) -> out (..., Tq, dv).
+
+    causal: query i attends to keys j <= i + Tk - Tq (end-aligned, see the module docstring).
+    mask:   boolean, broadcastable to (..., Tq, Tk); True = may attend. Combined with causal.
+    bias:   float added to the scores, broadcastable to (..., Tq, Tk) (T5's relative position
+            bias, e.g. (1, H, Tq, Tk) or (H, Tq, Tk)); a -inf entry masks like a False in mask.
+            Cast to q's dtype.
+    scale:  multiplies q k^T; default 1 / sqrt(d). T5 uses 1.0.
+
+    q, k, v must share one floating dtype, which the output keeps. The softmax
+    is fused in here (not softmax.py): it works in place on the one (Tq, Tk)
+    buffer per head that the backward keeps as P, and subtracts the row maximum
+    first so exp never overflows.
+    """
+    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    mask = None if mask is None else np.asarray(mask)
+    bias = None if bias is None else np.asarray(bias)
+    scores_shape = _check_inputs(q, k, v, mask, bias)
+    dtype = q.dtype
+    tq, tk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else float(scale)
+
+    # Scaling q (Tq x d) is cheaper than scaling S (Tq x Tk) whenever d < Tk.
+    q_scaled = q * scale if scale != 1.0 else q
+    scores = q_scaled @ k.swapaxes(-1, -2)  # (..., Tq, d) @ (..., d, Tk) -> (..., Tq, Tk)
+    if scores.shape != scores_shape:  # rare: mask or bias adds leading axes
+        scores = np.broadcast_to(scores, scores_shape).copy()
+    if bias is not None:
+        scores += bias.astype(dtype, copy=False)  # (..., Tq, Tk) += (..., Tq, Tk) broadcast
+    table = _additive_mask(causal, mask, tq, tk, dtype)
+    if table is not None:
+        scores += table  # masked scores become -inf
+
+    # Stable softmax in place. `initial` makes an empty key axis legal and is
+    # also much faster than a plain max.
+    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1)
+    row_max[row_max == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
+    np.subtract(scores, row_max, out=scores)
+    np.exp(scores, out=scores)
+    row_sum = scores.sum(axis=-1, keepdims=True)  # (..., Tq, 1); >= 1 unless fully masked
+    row_sum[row_sum == 0] = 1.0  # fully masked row: P = 0 / 1 = 0
+    np.reciprocal(row_sum, out=row_sum)
+    scores *= row_sum
+    probs = scores  # P (..., Tq, Tk)
+
+    out = probs @ v  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
+    cache = (q, k, v, probs, scale, None if bias is None else bias.shape)
+    return out, cache
+
+
+def attention_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of out = softmax(S) V with S = scale * Q K^T + B (+ -inf where masked).
+
+    Row by row, with g = dL/dout:
+
+        out_i = sum_j P_ij V_j
+            dL/dP_ij = g_i . V_j                 ->  dP = g V^T            (..., Tq, Tk)
+            dL/dV_j  = sum_i P_ij g_i            ->  dV = P^T g            (..., Tk, dv)
+
+        P_ij = exp(S_ij) / sum_l exp(S_il),  so  dP_ij/dS_il = P_ij (delta_jl - P_il):
+            dL/dS_il = sum_j dP_ij P_ij (delta_jl - P_il)
+                     = P_il (dP_il - sum_j dP_ij P_ij)
+                                                 ->  dS = P * (dP - rowsum(dP * P))
+
+        S_ij = scale * Q_i . K_j + B_ij:
+            dL/dQ_i = scale * sum_j dS_ij K_j    ->  dQ = scale * dS K     (..., Tq, d)
+            dL/dK_j = scale * sum_i dS_ij Q_i    ->  dK = scale * dS^T Q   (..., Tk, d)
+            dL/dB   = dS, summed over the axes along which B was broadcast.
+
+    The (Tk x Tk) Jacobian of each softmax row is never formed: dS costs one
+    fused row sum (einsum) and two elementwise passes.
+
+    Masking needs no special case here. A masked S_ij is -inf, so P_ij is
+    exactly 0, so dS_ij = P_ij * (...) is exactly 0: no gradient reaches Q_i or
+    K_j through a masked pair, and V_j gets weight P_ij = 0 in dV. The mask
+    itself is a constant. A fully masked row has P = 0 and an output that is
+    the constant 0, so its zero gradients are the true ones.
+
+    Gradients of q, k, v are summed back to their own shapes if their leading
+    axes were broadcast. Returns (dq, dk, dv, dbias), dbias None when no bias.
+    """
+    q, k, v, probs, scale, bias_shape = cache
+    dout = np.asarray(dout).astype(probs.dtype, copy=False)
+    dv = probs.swapaxes(-1, -2) @ dout  # (..., Tk, Tq) @ (..., Tq, dv) -> (..., Tk, dv)
+    dscores = dout @ v.swapaxes(-1, -2)  # dP: (..., Tq, dv) @ (..., dv, Tk) -> (..., Tq, Tk)
+    row_dot = np.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # (..., Tq, 1)
+    np.subtract(dscores, row_dot, out=dscores)
+    np.multiply(dscores, probs, out=dscores)  # dS = P * (dP - rowsum(dP * P)), in place
+    dq = dscores @ k  # (..., Tq, Tk) @ (..., Tk, d) -> (..., Tq, d)
+    dk = dscores.swapaxes(-1, -2) @ q  # (..., Tk, Tq) @ (..., Tq, d) -> (..., Tk, d)
+    if scale != 1.0:
+        dq *= scale
+        dk *= scale
+    dbias = None if bias_shape is None else _sum_to_shape(dscores, bias_shape)
+    return (
+        _sum_to_shape(dq, q.shape),
+        _sum_to_shape(dk, k.shape),
+        _sum_to_shape(dv, v.shape),
+        dbias,
+    )
