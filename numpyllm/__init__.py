@@ -1,0 +1,38 @@
+"""numpyllm: the maths inside a large language model, written out in NumPy.
+
+Every forward and every backward pass is written by hand (``numpyllm.functional``),
+wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT and T5
+(``numpyllm.models``) and trained with hand-written optimizers (``numpyllm.optim``).
+"""
+
+from numpyllm import functional, nn, optim
+from numpyllm.gradcheck import gradcheck, gradcheck_model, numerical_gradient
+from numpyllm.models import (
+    BERT,
+    GPT,
+    T5,
+    BertConfig,
+    GPTConfig,
+    ModelOutput,
+    SimpleNN,
+    T5Config,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BERT",
+    "GPT",
+    "T5",
+    "BertConfig",
+    "GPTConfig",
+    "ModelOutput",
+    "SimpleNN",
+    "T5Config",
+    "functional",
+    "gradcheck",
+    "gradcheck_model",
+    "nn",
+    "numerical_gradient",
+    "optim",
+]

@@ -150,3 +150,58 @@ def gradcheck(
         else:
             errors[name] = relative_error(grad, numerical_gradient(objective, x, h))
     return errors
+
+
+def gradcheck_model(
+    model: Any,
+    loss_fn: Callable[[], float],
+    rng: np.random.Generator | None = None,
+    samples_per_tensor: int = 3,
+    h: float = 1e-3,
+) -> dict[str, float]:
+    """Check ``model.backward()`` against finite differences of ``loss_fn``, per parameter.
+
+    ``loss_fn()`` runs the model's forward and returns the scalar loss; call it
+    on a model converted with ``model.astype(np.float64)`` and with dropout off.
+    For every parameter tensor this checks ``samples_per_tensor`` randomly chosen
+    coordinates and one random-direction directional derivative
+    d/de L(theta + e u) = <grad, u>, which sees every coordinate at once.
+    Returns the max relative error per parameter name.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    model.zero_grad()
+    loss_fn()
+    model.backward()
+    errors: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        grad = param.grad.astype(np.float64)
+        count = min(samples_per_tensor, param.data.size)
+        flat = rng.choice(param.data.size, size=count, replace=False)
+        indices = [np.unravel_index(i, param.data.shape) for i in flat]
+        numeric = numerical_gradient(loss_fn, param.data, h, indices)
+        error = relative_error(np.array([grad[i] for i in indices]), numeric)
+
+        direction = rng.standard_normal(param.data.shape)
+        direction /= np.linalg.norm(direction)
+        directional = _directional_derivative(loss_fn, param.data, direction, h)
+        analytic_directional = np.array([np.sum(grad * direction)])
+        error = max(error, relative_error(analytic_directional, np.array([directional])))
+        errors[name] = error
+    return errors
+
+
+def _directional_derivative(
+    loss_fn: Callable[[], float], x: np.ndarray, direction: np.ndarray, h: float
+) -> float:
+    """d/de loss(x + e u) at e = 0, moving every element of x at once; x is restored."""
+    original = x.copy()
+    step = np.zeros(1)
+
+    def along_direction() -> float:
+        x[...] = original + step[0] * direction
+        return float(loss_fn())
+
+    try:
+        return float(numerical_gradient(along_direction, step, h)[0])
+    finally:
+        x[...] = original

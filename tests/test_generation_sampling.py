@@ -15,7 +15,10 @@ from numpyllm.generation import (
 
 logit_rows = st.integers(1, 3).flatmap(
     lambda b: st.integers(2, 12).flatmap(
-        lambda v: arrays(np.float64, (b, v), elements=st.floats(-20, 20), unique=True)
+        # distinct logits at least 0.1 apart, so "the k most likely" has no ties
+        lambda v: arrays(
+            np.float64, (b, v), elements=st.integers(-200, 200).map(lambda i: i / 10), unique=True
+        )
     )
 )
 

@@ -1,0 +1,131 @@
+"""``numpyllm finetune CHECKPOINT --data FILE``: continue training a saved model on new text."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from numpyllm.cli import common
+from numpyllm.cli.evaluate import evaluate_tokens
+
+DEFAULTS: dict[str, Any] = {
+    "output_dir": None,
+    "output_dir_help": "folder for the fine-tuned checkpoints "
+    "(default: the checkpoint's run folder + '-finetuned')",
+    "max_steps": 200,
+    "batch_size": 8,
+    "learning_rate": 3e-4,
+    "warmup_steps": 20,
+    "weight_decay": 0.1,
+    "eval_steps": None,
+    "save_steps": 0,
+    "save_total_limit": 2,
+}
+
+DESCRIPTION = """\
+Fine-tune: start from a saved GPT and its tokenizer and keep training on new text,
+so the model picks up that text's words and style while keeping what it learnt
+before. The new text is encoded with the checkpoint's own tokenizer (the vocabulary
+cannot change), and its last --val-fraction is held out: the validation loss on it
+is printed before and after, so you can see what fine-tuning changed.
+
+The optimizer starts afresh (new AdamW state, new warmup); a lower learning rate
+than pretraining's keeps the update gentle.
+
+examples:
+  numpyllm finetune runs/gpt --data my_notes.txt
+  numpyllm finetune runs/gpt --data poems/ --num-train-epochs 3 --max-steps -1
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="continue training a saved model on new text",
+        description=DESCRIPTION,
+        formatter_class=common.HelpFormatter,
+    )
+    common.add_checkpoint_arg(parser)
+    common.add_data_args(parser, "the new text: a UTF-8 file or a folder of .txt files", True)
+    parser.add_argument(
+        "--seq-len",
+        type=common.positive_int,
+        metavar="N",
+        help="tokens per training row, at most the model's context (default: the context)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=common.fraction,
+        metavar="P",
+        help="dropout while fine-tuning (default: the checkpoint's)",
+    )
+    common.add_training_args(parser, DEFAULTS)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from numpyllm.trainer import Trainer
+
+    model, tokenizer, folder = common.load_for_inference(args.checkpoint, args.tokenizer)
+    context = model.config.max_seq_len
+    seq_len = args.seq_len or context
+    if seq_len > context:
+        raise common.UsageError(f"--seq-len {seq_len} exceeds the model's context of {context}")
+    if seq_len < 2:
+        raise common.UsageError("--seq-len must be >= 2 (an input and a target)")
+    if args.output_dir is None:
+        run_dir = common.run_dir_of(folder)
+        args.output_dir = str(run_dir.parent / f"{run_dir.name}-finetuned")
+    if args.dropout is not None:
+        model = common.with_dropout(model, args.dropout)
+    common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work
+    common.check_output_dir(
+        Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir
+    )
+
+    text, source = common.load_text(args.data)
+    dataset = common.token_dataset(text, tokenizer, args)
+    if len(dataset.val) < 2:
+        raise common.UsageError(
+            f"{source} gives only {len(dataset.val)} validation token(s) at --val-fraction "
+            f"{args.val_fraction}: use more text or a larger --val-fraction"
+        )
+    if len(dataset.train) < seq_len:
+        raise ValueError(
+            f"{source} gives {len(dataset.train)} training tokens, fewer than one row of "
+            f"--seq-len {seq_len}: use more text or a smaller --seq-len"
+        )
+    print(f"checkpoint  {folder}: {model.num_parameters():,} parameters, context {context}")
+    print(f"data        {source}: {len(text):,} characters")
+    print(f"tokens      {len(dataset.train):,} train / {len(dataset.val):,} validation")
+
+    targs = common.training_arguments(
+        args, common.total_steps(args, dataset, seq_len), seq_len=seq_len
+    )
+    batch = targs.per_device_train_batch_size
+    before, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
+    print(f"before      validation loss {common.fmt_loss(before)} on {count:,} tokens")
+    model.train()
+    trainer = Trainer(model, targs, train_dataset=dataset, tokenizer=tokenizer)
+    print(
+        f"training    {trainer.total_steps:,} steps x {batch} rows x {seq_len} tokens, "
+        f"AdamW lr {targs.learning_rate:g} -> {targs.output_dir}"
+    )
+    metrics = trainer.train()
+    if metrics.get("interrupted"):
+        common.info(
+            f"numpyllm: fine-tuning interrupted at step {metrics['global_step']}; checkpoint "
+            f"saved to {metrics['checkpoint']}"
+        )
+        return 130
+    after, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
+    print(f"before      validation loss {common.fmt_loss(before)}")
+    print(f"after       validation loss {common.fmt_loss(after)}")
+    where = shlex.quote(str(Path(targs.output_dir)))
+    print(
+        f"Saved to {metrics['checkpoint']}. Next: numpyllm generate {where} --prompt '...'"
+        f"   |   numpyllm chat {where}"
+    )
+    return 0

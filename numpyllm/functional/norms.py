@@ -1,0 +1,148 @@
+"""LayerNorm and RMSNorm over the last axis, for any number of leading axes.
+
+Both fold the leading axes into one row axis, x (..., d) -> (N, d), and do
+every reduction (row sums, weighted row sums Σ_i g_i w_i, column sums weighted
+per row Σ_n r_n P_n) as one ``np.einsum`` contraction: one read of the data,
+no temporary array. (A BLAS matrix-vector product is faster still on an idle
+machine, but its worker threads can stall for milliseconds when the cores are
+shared; these reductions are too small to be worth that risk.) The
+elementwise passes that remain are counted in each docstring.
+
+The caches keep x, the per-row statistics (mean and reciprocal standard
+deviation) and the weight; the normalised tensor is recomputed in the
+backward (one subtraction), so a cache costs O(N) memory beyond the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check(x: np.ndarray, params: dict[str, np.ndarray | None], op: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{op}: expected a floating-point x, got dtype {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{op}: x must have at least one axis (the normalised one), got a scalar")
+    for name, p in params.items():
+        if p is not None and np.shape(p) != (x.shape[-1],):
+            raise ValueError(
+                f"{op}: {name} must have shape ({x.shape[-1]},) to match x's last axis, "
+                f"got {np.shape(p)}"
+            )
+    return x
+
+
+def layer_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple]:
+    """y = (x - μ) / sqrt(σ² + ε) · w + b, with μ, σ² the mean and (biased) variance of each row.
+
+    Shapes: x (..., d), w (d,), b (d,) -> y (..., d). Passes over x: sum for
+    μ, subtract, square-and-sum (one fused einsum), and three in-place
+    scalings: x̂ = (x - μ) r, x̂ w, + b, where r = 1 / sqrt(σ² + ε) is the
+    reciprocal standard deviation.
+    """
+    x = _check(x, {"weight": weight, "bias": bias}, "layer_norm")
+    weight, bias = np.asarray(weight), np.asarray(bias)
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)  # (N, d)
+    mean = np.einsum("nd->n", x2) / d  # (N,)
+    y = x2 - mean[:, None]  # (N, d), centred
+    var = np.einsum("nd,nd->n", y, y) / d  # (N,)
+    rstd = 1.0 / np.sqrt(var + eps)  # (N,)
+    y *= rstd[:, None]  # x̂
+    y *= weight
+    y += bias
+    return y.reshape(x.shape), (x, mean, rstd, weight, np.result_type(weight, bias))
+
+
+def layer_norm_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of y = x̂ w + b,  x̂ = (x - μ) r,  r = (σ² + ε)^(-1/2).
+
+    Parameters, summing over rows n:  dw = Σ_n dout ⊙ x̂,  db = Σ_n dout.
+
+    Input, one row at a time, with g = dout ⊙ w (the gradient w.r.t. x̂):
+    dμ/dx_j = 1/d and dσ²/dx_j = 2 (x_j - μ)/d, so dr/dx_j = -r³ (x_j - μ)/d and
+
+        dx̂_i/dx_j = r (δ_ij - 1/d) - r x̂_i x̂_j / d.
+
+    Hence dx_j = Σ_i g_i dx̂_i/dx_j = r (g_j - mean(g) - x̂_j mean(g ⊙ x̂)).
+
+    Written with x_c = x - μ (so x̂ = r x_c):
+
+        dx = r g + x_c · (-r³ mean(g ⊙ x_c)) + (-r mean(g)),
+
+    where the two row statistics are contractions with w:
+    Σ_i g_i = Σ_i dout_i w_i and Σ_i g_i x_c,i = Σ_i P_i w_i with P = dout ⊙ x_c,
+    and the same P gives dw = Σ_n r_n P_n. Elementwise passes: x_c, P, g, r g,
+    x_c · (...), and two adds.
+    """
+    x, mean, rstd, weight, param_dtype = cache
+    weight = weight.astype(x.dtype, copy=False)  # compute in x's dtype
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)  # (N, d)
+    g2 = np.asarray(dout, dtype=x.dtype).reshape(-1, d)  # (N, d)
+    xc = x2 - mean[:, None]  # (N, d)
+    p = g2 * xc  # dout ⊙ x_c
+    dweight = np.einsum("n,nd->d", rstd, p)  # Σ_n r_n P_n
+    dbias = np.einsum("nd->d", g2)  # Σ_n dout_n
+    mean_g = np.einsum("nd,d->n", g2, weight) / d  # (N,)   mean(g)
+    mean_gxc = np.einsum("nd,d->n", p, weight) / d  # (N,)   mean(g ⊙ x_c)
+    dx = np.multiply(g2, weight, out=p)  # P is spent: reuse its memory
+    dx *= rstd[:, None]  # r g
+    xc *= (-rstd * rstd * rstd * mean_gxc)[:, None]
+    dx += xc
+    dx += (-rstd * mean_g)[:, None]
+    return (
+        dx.reshape(x.shape),
+        dweight.astype(param_dtype, copy=False),
+        dbias.astype(param_dtype, copy=False),
+    )
+
+
+def rms_norm_forward(
+    x: np.ndarray, weight: np.ndarray, eps: float = 1e-6
+) -> tuple[np.ndarray, tuple]:
+    """y = x / sqrt(mean(x²) + ε) · w  (T5's norm: no mean subtraction, no bias).
+
+    Shapes: x (..., d), w (d,) -> y (..., d). Passes: one fused
+    square-and-sum, then x r and · w with r = (mean(x²) + ε)^(-1/2).
+    """
+    x = _check(x, {"weight": weight}, "rms_norm")
+    weight = np.asarray(weight)
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)  # (N, d)
+    rstd = 1.0 / np.sqrt(np.einsum("nd,nd->n", x2, x2) / d + eps)  # (N,)
+    y = x2 * rstd[:, None]
+    y *= weight
+    return y.reshape(x.shape), (x, rstd, weight)
+
+
+def rms_norm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of y = x r w,  r = (mean(x²) + ε)^(-1/2).
+
+    dw = Σ_n dout ⊙ x r. With g = dout ⊙ w: dr/dx_j = -r³ x_j / d, so
+
+        dx_j = r g_j - x_j r³ mean(g ⊙ x)   ( = r (g - x̂ mean(g ⊙ x̂)),  x̂ = x r ).
+
+    P = dout ⊙ x gives both the row statistic Σ_i P_i w_i = Σ_i g_i x_i and
+    dw = Σ_n r_n P_n.
+    Elementwise passes: P, g, r g, x · (...), one subtraction.
+    """
+    x, rstd, weight = cache
+    param_dtype = weight.dtype
+    weight = weight.astype(x.dtype, copy=False)  # compute in x's dtype
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d)  # (N, d)
+    g2 = np.asarray(dout, dtype=x.dtype).reshape(-1, d)  # (N, d)
+    p = g2 * x2  # dout ⊙ x
+    dweight = np.einsum("n,nd->d", rstd, p)  # Σ_n r_n P_n
+    coef = rstd * rstd * rstd * (np.einsum("nd,d->n", p, weight) / d)  # (N,)  r³ mean(g ⊙ x)
+    dx = g2 * weight
+    dx *= rstd[:, None]
+    p = np.multiply(x2, coef[:, None], out=p)
+    dx -= p
+    return dx.reshape(x.shape), dweight.astype(param_dtype, copy=False)

@@ -1,0 +1,153 @@
+"""Softmax and log-softmax over one axis, stable for any finite logits, with optional masking.
+
+Stability: softmax is unchanged by subtracting a per-row constant, so the row
+maximum m is subtracted before exponentiating; every exp(x - m) is then <= 1 and
+the largest is exactly 1, so nothing overflows and the sum is >= 1.
+
+Masking (``mask`` broadcastable to ``x``):
+
+* boolean, True = keep: masked positions are set to -inf before the softmax;
+* floating, additive: added to the logits (use -inf to mask a position; a
+  finite value such as -1e4 only down-weights it, as it would in any framework).
+
+A row in which every position is masked (all -inf) has no distribution to
+normalise: softmax returns zeros there (not 0/0 = NaN), log-softmax returns
+-inf (the log of those zeros), and the backward passes return zero gradient for
+every masked position. No NaN and no floating-point warning arises.
+
+Both caches are the returned output itself (softmax's backward needs only y,
+log-softmax's only its output): modify an output in place and its backward
+changes with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_float(x: np.ndarray, op: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{op}: expected a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+def _masked_logits(x: np.ndarray, mask: np.ndarray | None, op: str) -> tuple[np.ndarray, bool]:
+    """Return (logits with the mask applied, whether the returned array is a fresh buffer)."""
+    if mask is None:
+        return x, False
+    mask = np.asarray(mask)
+    try:
+        shape = np.broadcast_shapes(mask.shape, x.shape)
+    except ValueError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{op}: mask of shape {mask.shape} does not broadcast to x's shape {x.shape}"
+        )
+    if mask.dtype == np.bool_:
+        # Turn True/False into 0/-inf with a two-entry lookup on the mask's own
+        # (often much smaller, broadcast) shape: a branch-free gather, where
+        # np.where on a full-size irregular mask is ~5x slower.
+        table = np.array([-np.inf, 0.0], dtype=x.dtype)
+        additive = np.take(table, mask.view(np.uint8))
+    elif np.issubdtype(mask.dtype, np.floating):
+        additive = mask.astype(x.dtype, copy=False)
+    else:
+        raise TypeError(
+            f"{op}: mask must be boolean (True = keep) or floating (additive), "
+            f"got dtype {mask.dtype}"
+        )
+    return x + additive, True
+
+
+def _row_max(z: np.ndarray, axis: int) -> np.ndarray:
+    """Row maxima; a fully masked row (max -inf) is shifted by 0 instead, so -inf - m stays -inf."""
+    m = z.max(axis=axis, keepdims=True)
+    m[np.isneginf(m)] = 0.0
+    return m
+
+
+def _row_sum(e: np.ndarray, axis: int) -> np.ndarray:
+    """Row sums of exp(z - m); a fully masked row sums to 0 and is given 1 so it normalises to 0."""
+    s = e.sum(axis=axis, keepdims=True)
+    s[s == 0.0] = 1.0
+    return s
+
+
+def softmax_forward(
+    x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple]:
+    """y_i = exp(x_i - m) / sum_j exp(x_j - m),  m = max_j x_j, along ``axis``.
+
+    Five passes over x: max, subtract, exp, sum, scale. The cache is the output
+    alone: the backward needs nothing else.
+    """
+    x = _check_float(x, "softmax")
+    z, fresh = _masked_logits(x, mask, "softmax")
+    m = _row_max(z, axis)
+    y = np.subtract(z, m, out=z if fresh else None)  # (..., n) - (..., 1)
+    np.exp(y, out=y)
+    y *= 1.0 / _row_sum(y, axis)
+    return y, (y, axis)
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+    """sum_i a_i b_i along ``axis``, keepdims; one fused pass for the last axis."""
+    if axis in (-1, a.ndim - 1):
+        return np.einsum("...i,...i->...", a, b)[..., None]
+    return np.sum(a * b, axis=axis, keepdims=True)
+
+
+def softmax_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    """y = softmax(x)  ->  dx = y ⊙ (dout - <dout, y>).
+
+    The Jacobian is dy_i/dx_j = y_i (δ_ij - y_j), so
+
+        dx_j = sum_i dout_i y_i (δ_ij - y_j) = y_j (dout_j - sum_i dout_i y_i),
+
+    one row dot product and two elementwise passes; the (n x n) Jacobian is
+    never formed. Masked positions have y = 0, so they get dx = 0 and drop out
+    of the dot product: masking needs no special case here.
+    """
+    y, axis = cache
+    dout = np.asarray(dout, dtype=y.dtype)
+    dx = np.subtract(dout, _row_dot(dout, y, axis))
+    dx *= y
+    return dx
+
+
+def log_softmax_forward(
+    x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple]:
+    """out_i = x_i - logsumexp(x) = (x_i - m) - log sum_j exp(x_j - m), along ``axis``.
+
+    Computed from the shifted logits, not as log(softmax): the result is finite
+    (and exact to rounding) even where softmax underflows to 0, e.g. logits of
+    ±1e4. Masked positions are -inf. The cache is the output.
+    """
+    x = _check_float(x, "log_softmax")
+    z, fresh = _masked_logits(x, mask, "log_softmax")
+    m = _row_max(z, axis)
+    out = np.subtract(z, m, out=z if fresh else None)  # z - m <= 0
+    lse = np.log(_row_sum(np.exp(out), axis))  # (..., 1)
+    out -= lse
+    return out, (out, axis, mask is not None)
+
+
+def log_softmax_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    """out = x - logsumexp(x)  ->  dx = dout - softmax(x) · sum(dout).
+
+    d out_i / d x_j = δ_ij - p_j with p = softmax(x) = exp(out), so
+    dx_j = dout_j - p_j sum_i dout_i.
+
+    With a mask, a masked out_i is the constant -inf: it depends on no x, so its
+    dout_i is left out of the sum and its own dx_i is 0 (p_i = 0 there already).
+    """
+    out, axis, masked = cache
+    dout = np.asarray(dout, dtype=out.dtype)
+    if masked:
+        dout = dout * (out > -np.inf)
+    p = np.exp(out)
+    p *= dout.sum(axis=axis, keepdims=True)
+    return np.subtract(dout, p, out=p)

@@ -1,0 +1,78 @@
+"""LayerNorm, RMSNorm and Dropout layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numpyllm.functional.dropout import dropout_backward, dropout_forward
+from numpyllm.functional.norms import (
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+)
+from numpyllm.nn import init
+from numpyllm.nn.module import Module
+
+
+class LayerNorm(Module):
+    """Normalise the last axis to mean 0, variance 1, then scale and shift."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, dtype=np.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = init.ones((dim,), dtype)
+        self.bias = init.zeros((dim,), dtype)
+        self._cache = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dx, dweight, dbias = layer_norm_backward(dout, self._cache)
+        self._cache = None
+        self.weight.grad += dweight
+        self.bias.grad += dbias
+        return dx
+
+
+class RMSNorm(Module):
+    """T5's LayerNorm: divide by the root mean square of the last axis, then scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, dtype=np.float32) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = init.ones((dim,), dtype)
+        self._cache = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = rms_norm_forward(x, self.weight.data, self.eps)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dx, dweight = rms_norm_backward(dout, self._cache)
+        self._cache = None
+        self.weight.grad += dweight
+        return dx
+
+
+class Dropout(Module):
+    """Inverted dropout. Draws its masks from ``self.rng``, a Generator the model seeds."""
+
+    def __init__(self, p: float, rng: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._cache = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = dropout_forward(x, self.p, self.rng, training=self.training)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dx = dropout_backward(dout, self._cache)
+        self._cache = None
+        return dx
