@@ -169,10 +169,11 @@ def generate_decoder_only(
         past = None
         step_input = window
         for _ in range(budget):
-            if past is not None and past[0][0].shape[-2] + 1 > context:
-                past, step_input = None, window[:, -(context - 1):]  # slide: re-encode the window
-            if not use_cache:
-                past, step_input = None, window[:, -context:]
+            cache_full = past is not None and past[0][0].shape[-2] + 1 > context
+            if cache_full or not use_cache:
+                # learned positions shift when the window slides, so the cache cannot be
+                # kept: re-encode the newest `context` tokens
+                past, step_input = None, window
             out = model(step_input, past_key_values=past, use_cache=use_cache)
             past = out.past_key_values
             logits = out.logits[:, -1, :]  # (B, V)
