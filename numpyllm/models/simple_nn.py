@@ -7,8 +7,9 @@
 
     loss = mean_n [ -y_n log p_n - (1 - y_n) log(1 - p_n) ]   binary cross-entropy
 
-The loss is computed from the logits s, never from p: log(sigmoid(s)) written as
--log(1 + exp(-s)) stays finite for any s, while log(p) of a rounded p = 0 is -inf.
+The loss is computed from the logits s, never from p: the form
+max(s, 0) - s y + log1p(exp(-|s|)) stays finite for any s, while log(p) of a
+rounded p = 0 is -inf.
 
 With 2 inputs and 3 hidden units (the defaults) this is the binary classifier of the
 article the project grew from. ``make_two_moons`` draws a two-class data set for it.

@@ -35,7 +35,7 @@ scattered into the table by bucket.
 
 Backward pass, top to bottom: the cross-entropy gives dlogits = softmax - onehot
 (over counted labels, divided by their number); the tied head gives
-dh = d**-0.5 dlogits E and dE += d**-0.5 h^T dlogits; each decoder block sends
+dh = d**-0.5 dlogits E and dE += d**-0.5 dlogits^T h; each decoder block sends
 a gradient back along its residual stream and, from its cross-attention, one into
 the encoder output, so the encoder receives the sum over all decoder blocks;
 both stacks finish by scattering their input gradient into the shared embedding.

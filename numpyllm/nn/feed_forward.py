@@ -33,7 +33,7 @@ class FeedForward(Module):
     """FFN(x) = act(x W_in + b_in) W_out + b_out, or gated (T5 v1.1):
     FFN(x) = (act(x W_in) * (x W_gate)) W_out.
 
-    The dropout between the two projections is T5's; GPT-2 and BERT pass 0.
+    The dropout between the two projections is T5's; BERT passes 0.
     """
 
     def __init__(
