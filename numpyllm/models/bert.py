@@ -75,6 +75,7 @@ from numpyllm.functional.losses import (
     mse_backward,
     mse_forward,
 )
+from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
@@ -121,47 +122,18 @@ class BertConfig:
     pad_token_id: int | None = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "n_layer",
-            "n_head",
-            "d_model",
-            "max_seq_len",
-            "type_vocab_size",
-            "num_labels",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head != 0:
-            raise ValueError(
-                f"BertConfig.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
-            )
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        d_ff = self.d_ff
-        if isinstance(d_ff, bool) or not isinstance(d_ff, (int, np.integer)) or d_ff < 1:
-            raise ValueError(f"BertConfig.d_ff must be a positive integer or None, got {d_ff!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"BertConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_eps > 0.0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        checks.positive_ints(self, "vocab_size", "n_layer", "n_head", "d_model", "d_ff",
+                             "max_seq_len", "type_vocab_size", "num_labels")  # fmt: skip
+        checks.divisible(self, "d_model", by="n_head")
+        checks.probability(self, "dropout")
+        checks.positive_floats(self, "layer_norm_eps", "init_std")
+        checks.token_id(self, "pad_token_id", optional=True)
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"BertConfig.activation must be one of {sorted(ACTIVATIONS)}, "
                 f"got {self.activation!r}"
-            )
-        if not self.init_std > 0.0:
-            raise ValueError(f"BertConfig.init_std must be > 0, got {self.init_std!r}")
-        pad = self.pad_token_id
-        if pad is not None and (
-            isinstance(pad, bool)
-            or not isinstance(pad, (int, np.integer))
-            or not 0 <= pad < self.vocab_size
-        ):
-            raise ValueError(
-                f"BertConfig.pad_token_id must be None or an id in [0, {self.vocab_size}), "
-                f"got {pad!r}"
             )
 
     @property
@@ -297,20 +269,7 @@ class BERT(Module):
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
-        ids = np.asarray(input_ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"input_ids must be an integer array, got dtype {ids.dtype}")
-        if ids.ndim != 2:
-            raise ValueError(
-                f"input_ids must be 2-D (batch, seq_len), got shape {ids.shape}; "
-                "wrap a single sequence as ids[None, :]"
-            )
-        if ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise ValueError(f"input_ids must hold at least one token, got shape {ids.shape}")
-        vocab = self.config.vocab_size
-        bad = ids[(ids < 0) | (ids >= vocab)]
-        if bad.size:
-            raise ValueError(f"token id {int(bad[0])} is out of range for vocab_size {vocab}")
+        ids = checks.token_ids(input_ids, self.config.vocab_size)
         if ids.shape[1] > self.config.max_seq_len:
             raise ValueError(
                 f"sequence of {ids.shape[1]} tokens exceeds the context length "
@@ -357,20 +316,11 @@ class BERT(Module):
 
     def _check_mlm_labels(self, labels, shape: tuple[int, int]) -> np.ndarray:
         labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"mlm labels must be an integer array, got dtype {labels.dtype}")
         if labels.shape != shape:
             raise ValueError(
                 f"mlm labels must have the shape of input_ids {shape}, got {labels.shape}"
             )
-        vocab = self.config.vocab_size
-        bad = labels[((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)]
-        if bad.size:
-            raise ValueError(
-                f"label {int(bad[0])} is out of range for vocab_size {vocab} "
-                f"(use {IGNORE_INDEX} to ignore a position)"
-            )
-        return labels
+        return checks.token_ids(labels, self.config.vocab_size, "mlm labels", labels=True)
 
     def _classification_loss(self, logits: np.ndarray, labels) -> tuple[float, tuple]:
         """Hugging Face's choice of loss: regression (num_labels == 1), single-label

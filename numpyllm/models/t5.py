@@ -113,6 +113,7 @@ import numpy as np
 from numpyllm.functional.embedding import embedding_backward, embedding_forward
 from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
+from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
@@ -151,12 +152,9 @@ class T5Config:
     def __post_init__(self) -> None:
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "n_layer", "n_decoder_layer",
-                     "n_head", "relative_attention_num_buckets",
-                     "relative_attention_max_distance"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"T5Config.{name} must be a positive integer, got {value!r}")
+        checks.positive_ints(self, "vocab_size", "d_model", "d_kv", "d_ff", "n_layer",
+                             "n_decoder_layer", "n_head", "relative_attention_num_buckets",
+                             "relative_attention_max_distance")  # fmt: skip
         if self.relative_attention_num_buckets < 4:
             raise ValueError(
                 "T5Config.relative_attention_num_buckets must be at least 4 (the encoder splits "
@@ -168,20 +166,11 @@ class T5Config:
                 f"relative_attention_num_buckets // 2 = {self.relative_attention_num_buckets // 2}"
                 f" (the exact buckets), got {self.relative_attention_max_distance}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"T5Config.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"T5Config.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        if not self.init_factor > 0:
-            raise ValueError(f"T5Config.init_factor must be > 0, got {self.init_factor!r}")
+        checks.probability(self, "dropout")
+        checks.positive_floats(self, "layer_norm_eps", "init_factor")
         self._parse_feed_forward()  # raises on an unknown form or activation
         for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or not 0 <= value < self.vocab_size:
-                raise ValueError(
-                    f"T5Config.{name} must be an id in [0, vocab_size={self.vocab_size}), "
-                    f"got {value!r}"
-                )
+            checks.token_id(self, name)
 
     @property
     def gated(self) -> bool:
@@ -415,33 +404,10 @@ class T5(Module):
 
     # ---- input checks ----------------------------------------------------------------
     def _check_ids(self, name: str, ids) -> np.ndarray:
-        ids = np.asarray(ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] < 1:
-            raise ValueError(f"{name} must have shape (batch, length >= 1), got shape {ids.shape}")
-        vocab = self.config.vocab_size
-        bad = (ids < 0) | (ids >= vocab)
-        if bad.any():
-            raise ValueError(
-                f"{name} contains id {int(ids[bad][0])}, outside the vocabulary [0, {vocab})"
-            )
-        return ids
+        return checks.token_ids(ids, self.config.vocab_size, name)
 
     def _check_labels(self, labels) -> np.ndarray:
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-        if labels.ndim != 2 or labels.shape[1] < 1:
-            raise ValueError(f"labels must have shape (batch, length >= 1), got {labels.shape}")
-        vocab = self.config.vocab_size
-        bad = ((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)
-        if bad.any():
-            raise ValueError(
-                f"labels contains {int(labels[bad][0])}, neither an id in [0, {vocab}) "
-                f"nor the ignore index {IGNORE_INDEX}"
-            )
-        return labels
+        return checks.token_ids(labels, self.config.vocab_size, "labels", labels=True)
 
     @staticmethod
     def _check_mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray | None:

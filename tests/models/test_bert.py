@@ -538,7 +538,7 @@ def test_input_errors():
         model(ids.astype(np.float32))
     with pytest.raises(ValueError, match="2-D"):
         model(np.array([1, 2, 3]))
-    with pytest.raises(ValueError, match="token id 11 is out of range for vocab_size 11"):
+    with pytest.raises(ValueError, match="token id 11 in input_ids is out of range for vocab_size"):
         model(np.array([[1, 11]]))
     with pytest.raises(ValueError, match="token id -1"):
         model(np.array([[-1, 2]]))
