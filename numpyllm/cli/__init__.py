@@ -17,11 +17,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from numpyllm.cli import chat, common, evaluate, finetune, generate, train
+from numpyllm.cli import attention, chat, common, evaluate, finetune, generate, train
 
 __all__ = ["main", "build_parser"]
 
-SUBCOMMANDS = (train, finetune, evaluate, generate, chat)
+SUBCOMMANDS = (train, finetune, evaluate, generate, chat, attention)
 
 DESCRIPTION = """\
 numpyllm: the maths of a large language model written out in NumPy, from a terminal.
