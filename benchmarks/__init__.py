@@ -1,0 +1,1 @@
+"""numpyllm vs PyTorch on this machine, same run, same threads: ``python -m benchmarks``."""

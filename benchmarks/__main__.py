@@ -1,0 +1,99 @@
+"""python -m benchmarks [--quick] [--threads N] [--only ops|train|generate|memory] [--rounds R]
+
+Prints a Markdown table of numpyllm against PyTorch eager (and transformers' generate) and
+writes the JSON to benchmarks/results/. torch is optional: without it only numpyllm's columns
+are filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+SECTIONS = ("ops", "train", "generate", "memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a couple of steps (CI)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for BLAS, torch, ufuncs")
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section")
+    parser.add_argument("--configs", default=None, help="comma-separated: tiny,small,medium")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per row")
+    parser.add_argument("--json", default=None, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+
+    from benchmarks import common, report
+
+    limits = common.limit_threads(args.threads)
+    sections = args.only or list(SECTIONS)
+    rounds = args.rounds or (2 if args.quick else 7)
+    configs = common.QUICK_CONFIGS if args.quick else common.CONFIGS
+    if args.configs and not args.quick:
+        configs = {name: common.CONFIGS[name] for name in args.configs.split(",")}
+
+    meta = {
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        "rounds": rounds,
+        **{k: v for k, v in limits.items() if not k.startswith("_")},
+    }
+    meta["sgemm_peak_gflops"] = common.sgemm_peak(args.threads, n=256 if args.quick else 1024)
+    print(
+        f"# numpyllm benchmarks  threads={args.threads}  sgemm peak "
+        f"{meta['sgemm_peak_gflops']:.0f} GFLOP/s  BLAS kernel "
+        f"{[p.get('architecture') for p in meta.get('pools', []) if p.get('architecture')]}",
+        flush=True,
+    )
+
+    rows: list = []
+    start = time.perf_counter()
+    for section in sections:
+        if section == "ops":
+            from benchmarks import ops
+
+            rows += ops.run(args.quick, rounds)
+        elif section == "train":
+            from benchmarks import train
+
+            peak = meta["sgemm_peak_gflops"]
+            rows += train.run(configs, args.threads, rounds, peak, 64 if args.quick else 4096)
+        elif section == "generate":
+            from benchmarks import generate
+
+            if args.quick:
+                rows += generate.run(configs, rounds, prompt_len=4, new_tokens=8)
+            else:
+                rows += generate.run(configs, rounds)
+        elif section == "memory":
+            from benchmarks import memory
+
+            rows += memory.run(configs, args.threads, steps=1 if args.quick else 2)
+        print(
+            f"  {section} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True
+        )
+
+    report.add_ratios(rows)
+    print()
+    print(report.table(rows))
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.json or os.path.join(
+        here, "results", f"{'quick' if args.quick else 'full'}-{stamp}.json"
+    )
+    report.write_json(path, meta, rows)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Shared pieces: model configs, thread limits, and alternating (A B A B) timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A GPT-2-style model and the batch it trains on."""
+
+    name: str
+    vocab: int
+    layers: int
+    heads: int
+    d_model: int
+    seq: int
+    batch: int
+
+
+CONFIGS = {
+    "tiny": BenchConfig("tiny", 65, 2, 4, 64, 64, 32),
+    "small": BenchConfig("small", 512, 4, 4, 128, 128, 16),
+    "medium": BenchConfig("medium", 2048, 6, 8, 384, 256, 8),
+}
+# --quick: a model small enough that the whole run takes seconds.
+QUICK_CONFIGS = {"quick": BenchConfig("quick", 50, 1, 2, 16, 16, 2)}
+
+
+def gpt_config(cfg: BenchConfig, max_seq_len: int | None = None):
+    """The numpyllm GPTConfig of a benchmark config: no dropout, so both sides compute the same."""
+    from numpyllm import GPTConfig
+
+    return GPTConfig(
+        vocab_size=cfg.vocab,
+        n_layer=cfg.layers,
+        n_head=cfg.heads,
+        d_model=cfg.d_model,
+        max_seq_len=max_seq_len or cfg.seq,
+        dropout=0.0,
+    )
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def limit_threads(n: int) -> dict:
+    """Pin every thread pool (NumPy's BLAS, torch's intra-op pool, OpenMP) to ``n`` threads.
+
+    Returns what the benchmark ran on (BLAS library, kernel, thread counts) for the report.
+    """
+    info: dict = {"threads": n}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        threadpool_limits = threadpool_info = None
+    if torch_available():
+        import torch
+
+        torch.set_num_threads(n)
+        info["torch"] = torch.__version__
+    if threadpool_limits is not None:
+        # Kept alive on purpose: the limit lasts as long as the returned object.
+        info["_limiter"] = threadpool_limits(limits=n)
+        info["pools"] = [
+            {k: p.get(k) for k in ("internal_api", "architecture", "num_threads", "version")}
+            for p in threadpool_info()
+        ]
+    info["numpy"] = np.__version__
+    return info
+
+
+def timed(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Seconds per call of ``fn`` over ``repeat`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def alternate(
+    sides: dict[str, Callable[[], object]], rounds: int, repeat: int = 1, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Time each side in turn, round after round (A B C A B C ...), so that a burst of load
+    from elsewhere on the machine hits every side alike. Returns seconds per call, per round."""
+    for fn in sides.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            times[name].append(timed(fn, repeat))
+    return times
+
+
+def summary(samples: list[float]) -> dict:
+    """Median and spread ((max - min) / median) of a list of timings."""
+    med = statistics.median(samples)
+    spread = (max(samples) - min(samples)) / med if med > 0 else 0.0
+    return {"median": med, "spread": spread, "n": len(samples)}
+
+
+def sgemm_peak(threads: int, n: int = 1024, rounds: int = 15) -> float:
+    """Measured float32 matmul GFLOP/s of this machine through NumPy's BLAS (best round)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    t = alternate({"sgemm": lambda: np.matmul(a, b, out=out)}, rounds, repeat=3)["sgemm"]
+    return 2.0 * n**3 / min(t) / 1e9  # a peak: the best round, not the typical one

@@ -1,0 +1,114 @@
+"""GPT training step (forward + backward + AdamW) and forward-only throughput, both sides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.common import BenchConfig, alternate, gpt_config, summary, torch_available
+
+LR, WEIGHT_DECAY = 3e-4, 0.1
+
+
+def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int):
+    import numpyllm as nl
+
+    model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
+    opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    opt.num_threads = threads  # the same core budget as BLAS and torch
+
+    def train_step():
+        model.train()
+        model(ids, labels=ids)
+        model.backward()
+        opt.step()
+        opt.zero_grad()
+
+    def forward():
+        model.eval()
+        return model(ids).logits
+
+    return model, train_step, forward
+
+
+def _torch_side(model, ids: np.ndarray, attention: str):
+    import torch
+
+    from benchmarks.torch_gpt import TorchGPT
+
+    tmodel = TorchGPT(model.config, attention=attention)
+    tmodel.load_numpyllm(model)
+    opt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    tids = torch.from_numpy(ids.astype(np.int64))
+
+    def train_step():
+        opt.zero_grad()
+        _, loss, _ = tmodel(tids, labels=tids)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        with torch.no_grad():
+            return tmodel(tids)[0]
+
+    return tmodel, tids, train_step, forward
+
+
+def _loss_gap(model, ids, tmodel, tids) -> float:
+    """|loss_numpyllm - loss_torch| on the same weights: proves both sides compute one model."""
+    import torch
+
+    ours = model(ids, labels=ids).loss
+    model._cache = None  # no backward follows this check
+    with torch.no_grad():
+        theirs = float(tmodel(tids, labels=tids)[1])
+    return abs(ours - theirs)
+
+
+def run(
+    configs: dict[str, BenchConfig],
+    threads: int,
+    rounds: int,
+    peak_gflops: float,
+    sample_tokens: int = 4096,
+) -> list:
+    """One row per config and kind (train, forward); each sample covers >= sample_tokens."""
+    rows = []
+    for cfg in configs.values():
+        rng = np.random.default_rng(1)
+        ids = rng.integers(0, cfg.vocab, size=(cfg.batch, cfg.seq), dtype=np.int64)
+        tokens = cfg.batch * cfg.seq
+        model, np_train, np_forward = _numpyllm_side(cfg, ids, threads)
+        flops_per_token = model.estimate_flops_per_token(cfg.seq)
+        train_sides = {"numpyllm": np_train}
+        forward_sides = {"numpyllm": np_forward}
+        check = {}
+        if torch_available():
+            for attention in ("explicit", "sdpa"):
+                tmodel, tids, t_train, t_forward = _torch_side(model, ids, attention)
+                check[f"loss_gap_{attention}"] = _loss_gap(model, ids, tmodel, tids)
+                train_sides[f"torch_{attention}"] = t_train
+                forward_sides[f"torch_{attention}"] = t_forward
+        repeat = max(1, sample_tokens // tokens)
+        for kind, sides in (("train", train_sides), ("forward", forward_sides)):
+            times = alternate(sides, rounds, repeat=repeat, warmup=2)
+            values = {}
+            for side, samples in times.items():
+                s = summary([tokens / t for t in samples])  # tokens/s per round
+                s["median"] = tokens / summary(samples)["median"]
+                values[side] = s
+            row = {
+                "section": kind,
+                "name": f"{kind} {cfg.name}",
+                "unit": "tokens/s",
+                "higher_is_better": True,
+                "config": vars(cfg),
+                "values": values,
+                **check,
+            }
+            if kind == "train":
+                gflops = {s: v["median"] * flops_per_token / 1e9 for s, v in values.items()}
+                row["gflops"] = gflops
+                row["peak_gflops"] = peak_gflops
+                row["fraction_of_peak"] = {s: g / peak_gflops for s, g in gflops.items()}
+            rows.append(row)
+    return rows

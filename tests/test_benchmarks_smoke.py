@@ -1,0 +1,75 @@
+"""Smoke test of the benchmark command: ``python -m benchmarks --quick`` runs end to end and
+writes a table and JSON of the documented shape. No timing is asserted (CI machines vary)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+SECTIONS = {"ops", "train", "forward", "generate", "memory"}
+OPS = {
+    "linear",
+    "softmax",
+    "layernorm",
+    "gelu_tanh",
+    "attention",
+    "multi_head_attention",
+    "cross_entropy",
+}
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_benchmark_writes_table_and_json(tmp_path):
+    out_json = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--rounds", "1", "--threads", "1"]
+    done = subprocess.run(
+        [*cmd, "--json", str(out_json)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # The printed table: one Markdown table per section, numpyllm's column filled.
+    table_lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    headers = [line for line in table_lines if "| numpyllm |" in line]
+    assert {h.split("(")[0].strip("| ").strip() for h in headers} == SECTIONS
+    assert any(line.startswith("| train quick |") for line in table_lines)
+    assert any(line.startswith("| multi_head_attention |") for line in table_lines)
+
+    result = json.loads(out_json.read_text())
+    assert result["meta"]["threads"] == 1
+    assert _positive(result["meta"]["sgemm_peak_gflops"])
+    rows = result["rows"]
+    assert {r["section"] for r in rows} == SECTIONS
+    assert {r["name"] for r in rows if r["section"] == "ops"} == OPS
+    for row in rows:
+        assert _positive(row["values"]["numpyllm"]["median"]), row["name"]
+        assert row["values"]["numpyllm"]["spread"] >= 0.0
+        if HAS_TORCH:
+            assert row["best_torch"] in row["values"], row["name"]
+            assert _positive(row["ratio_vs_best_torch"]), row["name"]
+    train = next(r for r in rows if r["section"] == "train")
+    assert _positive(train["gflops"]["numpyllm"])
+    assert train["fraction_of_peak"]["numpyllm"] > 0.0
+    if HAS_TORCH:
+        assert set(train["values"]) == {"numpyllm", "torch_explicit", "torch_sdpa"}
+        # both sides computed one model: same initial loss on the same weights
+        assert train["loss_gap_sdpa"] < 1e-4 and train["loss_gap_explicit"] < 1e-4
+        generate = next(r for r in rows if r["section"] == "generate")
+        assert {"torch_cache", "transformers"} <= set(generate["values"])
