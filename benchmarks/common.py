@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -110,11 +111,22 @@ def summary(samples: list[float]) -> dict:
     return {"median": med, "spread": spread, "n": len(samples)}
 
 
-def sgemm_peak(threads: int, n: int = 1024, rounds: int = 15) -> float:
-    """Measured float32 matmul GFLOP/s of this machine through NumPy's BLAS (best round)."""
+def sgemm_peak(threads: int, n: int = 1024, rounds: int = 9) -> float:
+    """The machine's float32 matmul peak in GFLOP/s through NumPy's BLAS: the best round, on
+    1 or ``threads`` threads (on a busy machine two BLAS threads can be slower than one)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # no thread control: measure as things are
+        threadpool_limits, threads = None, 1
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), dtype=np.float32)
-    t = alternate({"sgemm": lambda: np.matmul(a, b, out=out)}, rounds, repeat=3)["sgemm"]
-    return 2.0 * n**3 / min(t) / 1e9  # a peak: the best round, not the typical one
+    best = float("inf")
+    for t in sorted({1, threads}):
+        limit = threadpool_limits(limits=t, user_api="blas") if threadpool_limits else None
+        with limit or contextlib.nullcontext():
+            samples = alternate({"sgemm": lambda: np.matmul(a, b, out=out)}, rounds, repeat=3)
+        best = min(best, *samples["sgemm"])
+    return 2.0 * n**3 / best / 1e9
