@@ -142,12 +142,14 @@ def multi_head_attention_forward(
              (absent or None = no bias, as in T5). All arrays share x_q's dtype.
     Below, Tk counts the past keys too when past_kv is given.
     mask:    boolean, broadcastable to (..., H, Tq, Tk); True = may attend. A per-key padding
-             mask (B, Tk) must be given either as mask of shape (B, 1, 1, Tk) or as
+             mask (B, Tk) goes in either here, reshaped to (B, 1, 1, Tk), or as
+             ``key_padding_mask``.
     key_padding_mask: boolean (..., Tk), True = a real token, False = padding never attended to.
     bias:    float added to the scores, broadcastable to (..., H, Tq, Tk) (T5 position bias).
     scale:   default 1 / sqrt(dh); T5 passes 1.0.
-    past_kv: (k_past, v_past), each (..., H, Tpast, dh), from ``present_kv`` of the previous
-             step; see the module docstring. Inference only: the backward refuses such a cache.
+    past_kv: (k_past, v_past), (..., H, Tpast, dh) and (..., H, Tpast, dh_v), from
+             ``present_kv`` of the previous step; see the module docstring. Inference only:
+             the backward refuses such a cache.
     """
     x_q, x_kv = np.asarray(x_q), np.asarray(x_kv)
     _check_weights(weights, x_q, x_kv, n_head)
