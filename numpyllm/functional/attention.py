@@ -150,8 +150,9 @@ def attention_forward(
 
     q, k, v must share one floating dtype, which the output keeps. The softmax
     is fused in here (not softmax.py): it works in place on the one (Tq, Tk)
-    buffer per head that the backward keeps as P, and subtracts the row maximum
-    first so exp never overflows.
+    buffer per head, and subtracts the row maximum first so exp never overflows.
+    The cache keeps q, k, v and the row log-sum-exp L = log sum_j exp(S_ij)
+    (O(Tq) per head), not P: the backward recomputes P = exp(S - L).
     """
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     mask = None if mask is None else np.asarray(mask)
@@ -161,16 +162,8 @@ def attention_forward(
     tq, tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else float(scale)
 
-    # Scaling q (Tq x d) is cheaper than scaling S (Tq x Tk) whenever d < Tk.
-    q_scaled = q * scale if scale != 1.0 else q
-    scores = q_scaled @ k.swapaxes(-1, -2)  # (..., Tq, d) @ (..., d, Tk) -> (..., Tq, Tk)
-    if scores.shape != scores_shape:  # rare: mask or bias adds leading axes
-        scores = np.broadcast_to(scores, scores_shape).copy()
-    if bias is not None:
-        scores += bias.astype(dtype, copy=False)  # (..., Tq, Tk) += (..., Tq, Tk) broadcast
     table = _additive_mask(causal, mask, tq, tk, dtype)
-    if table is not None:
-        scores += table  # masked scores become -inf
+    scores = _masked_scores(q, k, scale, bias, table, scores_shape)  # (..., Tq, Tk)
 
     # Stable softmax in place. `initial` makes an empty key axis legal and is
     # also much faster than a plain max.
@@ -178,19 +171,26 @@ def attention_forward(
     row_max[row_max == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
     np.subtract(scores, row_max, out=scores)
     np.exp(scores, out=scores)
-    row_sum = scores.sum(axis=-1, keepdims=True)  # (..., Tq, 1); >= 1 unless fully masked
-    row_sum[row_sum == 0] = 1.0  # fully masked row: P = 0 / 1 = 0
-    np.reciprocal(row_sum, out=row_sum)
-    scores *= row_sum
-    probs = scores  # P (..., Tq, Tk)
+    row_sum = np.einsum("...j->...", scores)[..., None]  # (..., Tq, 1); 4x a short-row .sum
+    # normalise after the matmul: out = (E V) / rowsum(E) scales (Tq, dv), not E's (Tq, Tk)
+    out = scores @ v  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
+    empty = row_sum == 0  # fully masked rows (any other row sums to >= 1)
+    # log-sum-exp per row for the backward; +inf for a fully masked row so exp(S - L) = 0 there
+    with np.errstate(divide="ignore"):
+        row_lse = np.log(row_sum)
+    row_lse += row_max
+    row_lse[empty] = np.inf
+    row_sum[empty] = 1.0  # fully masked row: out = 0 / 1 = 0
+    out /= row_sum
 
-    out = probs @ v  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
-    cache = (q, k, v, probs, scale, None if bias is None else bias.shape)
+    # P itself is not kept (it is the largest activation of a transformer): the backward
+    # rebuilds it from q, k and the row log-sum-exp, as FlashAttention's backward does.
+    cache = (q, k, v, row_lse, scale, bias, table, scores_shape)
     return out, cache
 
 
 def attention_backward(
-    dout: np.ndarray, cache: tuple
+    dout: np.ndarray, cache: tuple, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Gradients of out = softmax(S) V with S = scale * Q K^T + B (+ -inf where masked).
 
@@ -213,31 +213,69 @@ def attention_backward(
     The (Tk x Tk) Jacobian of each softmax row is never formed: dS costs one
     fused row sum (einsum) and two elementwise passes.
 
+    P is rebuilt rather than stored: S is recomputed (one matmul, the mask and
+    bias added again) and P_ij = exp(S_ij - L_i) with L_i = log sum_j exp(S_ij)
+    from the forward, which equals exp(S_ij - m_i) / sum_j exp(S_ij - m_i) up
+    to rounding. A fully masked row has L_i = +inf, so exp(-inf - inf) = 0.
+
     Masking needs no special case here. A masked S_ij is -inf, so P_ij is
     exactly 0, so dS_ij = P_ij * (...) is exactly 0: no gradient reaches Q_i or
     K_j through a masked pair, and V_j gets weight P_ij = 0 in dV. The mask
     itself is a constant. A fully masked row has P = 0 and an output that is
     the constant 0, so its zero gradients are the true ones.
 
+    ``out``: the forward's output, when the caller still holds it. Then the row
+    term is taken from it: rowsum(dP * P)_i = sum_j (g_i . V_j) P_ij = g_i . out_i,
+    a (Tq x dv) contraction instead of a (Tq x Tk) one (equal up to rounding).
+
     Gradients of q, k, v are summed back to their own shapes if their leading
     axes were broadcast. Returns (dq, dk, dv, dbias), dbias None when no bias.
     """
-    q, k, v, probs, scale, bias_shape = cache
+    q, k, v, row_lse, scale, bias, table, scores_shape = cache
+    # P = exp(S - L), L the row log-sum-exp saved by the forward: one matmul and one exp
+    probs = _masked_scores(q, k, scale, bias, table, scores_shape)
+    probs -= row_lse
+    np.exp(probs, out=probs)  # (..., Tq, Tk)
     dout = np.asarray(dout).astype(probs.dtype, copy=False)
     dv = probs.swapaxes(-1, -2) @ dout  # (..., Tk, Tq) @ (..., Tq, dv) -> (..., Tk, dv)
     dscores = dout @ v.swapaxes(-1, -2)  # dP: (..., Tq, dv) @ (..., dv, Tk) -> (..., Tq, Tk)
-    row_dot = np.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # (..., Tq, 1)
+    if out is None:
+        row_dot = np.einsum("...ij,...ij->...i", dscores, probs)[..., None]  # (..., Tq, 1)
+    else:
+        row_dot = np.einsum("...ij,...ij->...i", dout, out)[..., None]  # (..., Tq, 1)
     np.subtract(dscores, row_dot, out=dscores)
     np.multiply(dscores, probs, out=dscores)  # dS = P * (dP - rowsum(dP * P)), in place
+    del probs  # free (..., Tq, Tk) before the two matmuls allocate their outputs
     dq = dscores @ k  # (..., Tq, Tk) @ (..., Tk, d) -> (..., Tq, d)
     dk = dscores.swapaxes(-1, -2) @ q  # (..., Tk, Tq) @ (..., Tq, d) -> (..., Tk, d)
     if scale != 1.0:
         dq *= scale
         dk *= scale
-    dbias = None if bias_shape is None else _sum_to_shape(dscores, bias_shape)
+    dbias = None if bias is None else _sum_to_shape(dscores, bias.shape)
     return (
         _sum_to_shape(dq, q.shape),
         _sum_to_shape(dk, k.shape),
         _sum_to_shape(dv, v.shape),
         dbias,
     )
+
+
+def _masked_scores(
+    q: np.ndarray,
+    k: np.ndarray,
+    scale: float,
+    bias: np.ndarray | None,
+    table: np.ndarray | None,
+    scores_shape: tuple[int, ...],
+) -> np.ndarray:
+    """S = scale * q k^T + bias + mask table, a fresh (..., Tq, Tk) array."""
+    # Scaling q (Tq x d) is cheaper than scaling S (Tq x Tk) whenever d < Tk.
+    q_scaled = q * scale if scale != 1.0 else q
+    scores = q_scaled @ k.swapaxes(-1, -2)  # (..., Tq, d) @ (..., d, Tk) -> (..., Tq, Tk)
+    if scores.shape != scores_shape:  # rare: mask or bias adds leading axes
+        scores = np.broadcast_to(scores, scores_shape).copy()
+    if bias is not None:
+        scores += bias.astype(scores.dtype, copy=False)  # (..., Tq, Tk) += broadcast bias
+    if table is not None:
+        scores += table  # masked scores become -inf
+    return scores

@@ -86,22 +86,22 @@ def cross_entropy_forward(
     return np.asarray(loss, dtype=logits.dtype), (e, sums, safe_t, valid, n_valid, logits.shape)
 
 
-def cross_entropy_backward(dloss: float | np.ndarray, cache: tuple) -> np.ndarray:
+def cross_entropy_backward(
+    dloss: float | np.ndarray, cache: tuple, overwrite: bool = False
+) -> np.ndarray:
     """dL/dz_pj = (softmax(z_p)_j - [j = t_p]) · dloss / n for valid p, and 0 for ignored p.
 
     From -log softmax(z)[t] = log Σ_j exp(z_j) - z_t:  d/dz_j = softmax(z)_j - [j = t].
     Fused: softmax's Jacobian never appears. One pass scales exp(z - m) by
     dloss / (n · Σ exp) per row (0 for ignored rows); then 1·dloss/n is
-    subtracted at each valid target.
+    subtracted at each valid target. ``overwrite=True`` writes the gradient into the cache's
+    exp(z - m) buffer: no new (N, V) array, and the cache is spent.
     """
     e, sums, safe_t, valid, n_valid, shape = cache
-    if n_valid == 0:
-        return np.zeros(shape, dtype=e.dtype)
-    scale = float(dloss) / n_valid
-    row_scale = (valid * scale) / sums  # (N,), 0 for ignored rows
-    dlogits = e * row_scale.astype(e.dtype, copy=False)[:, None]  # (N, V)
-    rows = np.flatnonzero(valid)
-    dlogits[rows, safe_t[rows]] -= scale
+    scale = float(dloss) / max(n_valid, 1)  # every row ignored: row_scale is 0, dlogits 0
+    row_scale = ((valid * scale) / sums).astype(e.dtype, copy=False)  # (N,), 0 for ignored
+    dlogits = np.multiply(e, row_scale[:, None], out=e if overwrite else None)  # (N, V)
+    dlogits[np.flatnonzero(valid), safe_t[valid]] -= scale
     return dlogits.reshape(shape)
 
 

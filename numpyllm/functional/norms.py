@@ -146,3 +146,18 @@ def rms_norm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.nd
     p = np.multiply(x2, coef[:, None], out=p)
     dx -= p
     return dx.reshape(x.shape), dweight.astype(param_dtype, copy=False)
+
+
+def _layer_norm_output(cache: tuple, bias: np.ndarray) -> np.ndarray:
+    """y = (x - μ) r w + b again, from a ``layer_norm_forward`` cache and the bias.
+
+    The same operations in the same order as the forward, so bit for bit the forward's y:
+    a caller may drop y after the forward and rebuild it in the backward (four passes over
+    x, and no second (..., d) array kept per LayerNorm).
+    """
+    x, mean, rstd, weight, _ = cache
+    y = x.reshape(-1, x.shape[-1]) - mean[:, None]  # (N, d), centred
+    y *= rstd[:, None]
+    y *= weight
+    y += bias
+    return y.reshape(x.shape)

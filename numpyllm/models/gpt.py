@@ -28,8 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from numpyllm.functional.attention import attention_backward, attention_forward
+from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.functional.multi_head_attention import merge_heads
+from numpyllm.functional.norms import _layer_norm_output
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.blas import blas_threads
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
@@ -146,7 +148,7 @@ class CausalSelfAttention(Module):
         """
         B, T, d = x.shape
         H = self.n_head
-        qkv = self.c_attn(x)  # (B, T, d) -> (B, T, 3d)
+        qkv, _ = linear_forward(x, self.c_attn.weight.data, self.c_attn.bias.data)  # (B, T, 3d)
         qkv = qkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # -> (3, B, H, T, dh) view
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, dh), strided views
         if past_kv is not None:
@@ -156,24 +158,25 @@ class CausalSelfAttention(Module):
         out, attn_cache = attention_forward(q, k, v, causal=True, mask=mask)  # (B, H, T, dh)
         merged = merge_heads(out)  # (B, H, T, dh) -> (B, T, d), one copy
         y = self.c_proj(merged)  # (B, T, d) -> (B, T, d)
-        self._cache = (attn_cache, x.shape)
+        self._cache = (attn_cache, merged)  # merged: also c_proj's cached input, no copy
         return (y, (k, v)) if use_cache else y
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """dout (B, T, d) -> dx (B, T, d); the three projections' gradients land in one
-        (B, T, 3d) buffer so c_attn's backward is again a single matmul."""
-        attn_cache, (B, T, d) = self._cache
-        self._cache = None
+    def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
+        """dout (B, T, d) -> dx (B, T, d); the three projections' gradients land in one (B, T, 3d)
+        buffer so c_attn's backward is one matmul. x is rebuilt from ``norm``, which made it."""
+        (attn_cache, merged), self._cache = self._cache, None
+        B, T, d = merged.shape
         H = self.n_head
         dmerged = self.c_proj.backward(dout)  # (B, T, d)
         dheads = dmerged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # -> (B, H, T, dh) view
-        dq, dk, dv, _ = attention_backward(dheads, attn_cache)  # each (B, H, T, dh)
+        heads = merged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # forward's output, view
+        dq, dk, dv, _ = attention_backward(dheads, attn_cache, out=heads)  # each (B, H, T, dh)
         dqkv = np.empty((B, T, 3 * d), dtype=dmerged.dtype)  # (B, T, 3d)
         dqkv_heads = dqkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, dh)
         dqkv_heads[0] = dq
         dqkv_heads[1] = dk
         dqkv_heads[2] = dv
-        return self.c_attn.backward(dqkv)  # (B, T, 3d) -> (B, T, d)
+        return _linear_backward(self.c_attn, dqkv, _norm_output(norm))  # (B, T, 3d) -> (B, T, d)
 
 
 class MLP(Module):
@@ -193,18 +196,23 @@ class MLP(Module):
         self.act_forward, self.act_backward = activation_pair(activation)
         self.c_fc = Linear(d_model, d_ff, rng=rng, std=std, dtype=dtype)
         self.c_proj = Linear(d_ff, d_model, rng=rng, std=out_std, dtype=dtype)
-        self._act_cache = None
+        self._pre = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        pre = self.c_fc(x)  # (B, T, d) -> (B, T, d_ff)
-        hidden, self._act_cache = self.act_forward(pre)  # (B, T, d_ff)
-        return self.c_proj(hidden)  # (B, T, d_ff) -> (B, T, d)
+        self._pre, _ = linear_forward(x, self.c_fc.weight.data, self.c_fc.bias.data)  # (B, T, d_ff)
+        hidden, _ = self.act_forward(self._pre)  # (B, T, d_ff)
+        # only the pre-activation is kept: the backward recomputes act (memory over one pass)
+        out, _ = linear_forward(hidden, self.c_proj.weight.data, self.c_proj.bias.data)
+        return out  # (B, T, d_ff) -> (B, T, d)
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        dhidden = self.c_proj.backward(dout)  # (B, T, d) -> (B, T, d_ff)
-        dpre = self.act_backward(dhidden, self._act_cache)  # (B, T, d_ff)
-        self._act_cache = None
-        return self.c_fc.backward(dpre)  # (B, T, d_ff) -> (B, T, d)
+    def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
+        """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it."""
+        pre, self._pre = self._pre, None
+        hidden, act_cache = self.act_forward(pre)  # (B, T, d_ff) again, and the act's cache
+        dhidden = _linear_backward(self.c_proj, dout, hidden)  # (B, T, d) -> (B, T, d_ff)
+        del hidden  # (B, T, d_ff) freed before the activation's backward allocates
+        dpre = self.act_backward(dhidden, act_cache)
+        return _linear_backward(self.c_fc, dpre, _norm_output(norm))  # (B, T, d_ff) -> (B, T, d)
 
 
 class Block(Module):
@@ -251,9 +259,9 @@ class Block(Module):
         return (y, present) if use_cache else y
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        da = self.ln_2.backward(self.mlp.backward(self.drop_mlp.backward(dout)))  # (B, T, d)
+        da = self.ln_2.backward(self.mlp.backward(self.drop_mlp.backward(dout), self.ln_2))
         da += dout  # straight-through path of the second residual
-        dx = self.ln_1.backward(self.attn.backward(self.drop_attn.backward(da)))  # (B, T, d)
+        dx = self.ln_1.backward(self.attn.backward(self.drop_attn.backward(da), self.ln_1))
         dx += da  # straight-through path of the first residual
         return dx
 
@@ -480,7 +488,7 @@ class GPT(Module):
                 raise RuntimeError(
                     "GPT.backward needs a loss: call the model with labels=..., or pass dlogits=..."
                 )
-            dlogits = cross_entropy_backward(1.0, cache["loss_cache"])  # (B, T, V)
+            dlogits = cross_entropy_backward(1.0, cache["loss_cache"], overwrite=True)  # in place
         else:
             dlogits = np.asarray(dlogits)
             expected = (B, T, head.shape[0])
@@ -540,3 +548,18 @@ class GPT(Module):
         from numpyllm.hf import save_gpt2
 
         save_gpt2(self, path)
+
+
+def _norm_output(norm: LayerNorm) -> np.ndarray:
+    """The output of ``norm``'s last forward, rebuilt from its cache: the projection that read
+    it keeps no copy (a (B, T, d) array per LayerNorm saved until the backward)."""
+    return _layer_norm_output(norm._cache, norm.bias.data)
+
+
+def _linear_backward(linear: Linear, dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Backward of ``linear`` applied to x by ``linear_forward`` (so it cached nothing):
+    accumulates its weight and bias gradients and returns dx."""
+    dx, dweight, dbias = linear_backward(dout, (x, linear.weight.data, True))
+    linear.weight.grad += dweight
+    linear.bias.grad += dbias
+    return dx
