@@ -5,10 +5,10 @@
                  an earlier token, the colour the weight softmax(q_i . k_j / sqrt(d_head))
 * positions.png  the cosine similarity of the learned position embeddings wpe[i], wpe[j]:
                  random (only the diagonal is bright) at initialisation, a bright band
-                 along the diagonal once training has made nearby positions alike. The
-                 last position stays as it was initialised: in rows of seq_len tokens its
-                 prediction has no target, and (attention being causal) no other token
-                 looks at it, so it never receives a gradient.
+                 along the diagonal once training has made nearby positions alike. (The
+                 Trainer gives each row its next token as an extra label, so the last
+                 position is trained too; with equal-length labels it would have no target,
+                 no other token looks at it, and it would stay as it was initialised.)
 
 Needs matplotlib (``pip install numpyllm[plot]``). The same attention picture, from a
 terminal: ``numpyllm attention CHECKPOINT --prompt TEXT --output attention.png``.

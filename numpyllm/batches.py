@@ -36,12 +36,15 @@ class Batches(Protocol):
 class LMBatches:
     """Next-token prediction on a :class:`~numpyllm.data.TokenDataset`.
 
-    Each row is a window of ``seq_len`` consecutive ids, given as both ``input_ids``
-    and ``labels``: the model shifts the labels itself (as Hugging Face's GPT-2
-    does), so a row trains ``seq_len - 1`` predictions. Training windows start at
-    random positions of the "train" split; evaluation windows tile the "val" split
-    in order (each id after the first scored once), so every evaluation sees the
-    same tokens. One epoch is ``n_train_tokens // (batch_size * seq_len)`` steps.
+    The model shifts the labels itself (as Hugging Face's GPT-2 does). A training row
+    is a window of ``seq_len + 1`` consecutive ids, the first ``seq_len`` as
+    ``input_ids`` and all of them as ``labels``, so all ``seq_len`` positions are
+    trained, the last included (with equal-length labels the last position never
+    gets a target, and at seq_len = max_seq_len its position embedding would never
+    learn). Training windows start at random positions of the "train" split;
+    evaluation windows of ``seq_len`` ids tile the "val" split in order (each id after
+    the first scored once), so every evaluation sees the same tokens. One epoch is
+    ``n_train_tokens // (batch_size * seq_len)`` steps.
     """
 
     def __init__(self, dataset: Any, seq_len: int) -> None:
@@ -55,14 +58,15 @@ class LMBatches:
         self.dataset = dataset
         self.seq_len = int(seq_len)
         n_train = len(dataset.split_tokens("train"))
-        if n_train < self.seq_len:
+        if n_train < self.seq_len + 1:
             raise ValueError(
-                f"the training split has {n_train} tokens, fewer than seq_len={self.seq_len}"
+                f"the training split has {n_train} tokens; a window needs seq_len + 1 = "
+                f"{self.seq_len + 1}"
             )
 
     def train_batch(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        windows = self.dataset.sample_windows("train", batch_size, self.seq_len, rng)  # (B, T)
-        return {"input_ids": windows, "labels": windows}
+        windows = self.dataset.sample_windows("train", batch_size, self.seq_len + 1, rng)
+        return {"input_ids": windows[:, :-1], "labels": windows}  # (B, T) and (B, T + 1)
 
     def eval_batches(
         self, batch_size: int, max_batches: int | None = None

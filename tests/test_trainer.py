@@ -444,7 +444,9 @@ def test_lm_batches_windows():
     data = LMBatches(ds, SEQ)
     batch = data.train_batch(3, np.random.default_rng(0))
     assert batch["input_ids"].shape == (3, SEQ) and batch["input_ids"].dtype == np.int64
-    assert batch["labels"] is batch["input_ids"]  # the model shifts the labels itself
+    # labels: the same window plus its next token, so the last position is trained too
+    assert batch["labels"].shape == (3, SEQ + 1)
+    assert np.array_equal(batch["labels"][:, :-1], batch["input_ids"])
     windows = np.concatenate([b["input_ids"] for b in data.eval_batches(4)])
     stride = SEQ - 1  # consecutive windows share one id, so every val id is scored once
     assert np.array_equal(windows[:, 0], ds.val[: len(windows) * stride : stride])

@@ -371,12 +371,20 @@ class GPT(Module):
 
         Equivalent to Hugging Face's loss on logits[:, :-1] vs labels[:, 1:] (the last position
         has no next token), without slicing (copying) the (B, T, V) logits.
+
+        ``labels`` may also hold one more column than ``input_ids``: the window's next token
+        (B, T + 1). Then the last position has a target too, which training needs: with
+        (B, T) labels and T = max_seq_len, no loss ever reaches the last position embedding.
         """
         labels = np.asarray(labels)
         if not np.issubdtype(labels.dtype, np.integer):
             raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-        if labels.shape != shape:
-            raise ValueError(f"labels must have the shape of input_ids {shape}, got {labels.shape}")
+        B, T = shape
+        if labels.shape not in ((B, T), (B, T + 1)):
+            raise ValueError(
+                f"labels must have the shape of input_ids {shape}, or (B, T + 1) with the "
+                f"window's next token, got {labels.shape}"
+            )
         vocab = self.config.vocab_size
         bad = labels[((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)]
         if bad.size:
@@ -385,7 +393,7 @@ class GPT(Module):
                 f"(use {IGNORE_INDEX} to ignore a position)"
             )
         targets = np.full(shape, IGNORE_INDEX, dtype=np.int64)  # (B, T)
-        targets[:, :-1] = labels[:, 1:]
+        targets[:, : labels.shape[1] - 1] = labels[:, 1:]
         return targets
 
     # ---- forward / backward ----------------------------------------------------------

@@ -572,3 +572,21 @@ def test_backward_without_loss_or_forward():
         model.backward()
     with pytest.raises(ValueError, match="dlogits must have shape"):
         model.backward(dlogits=np.zeros((1, 2, 3)))
+
+
+def test_labels_one_longer_train_the_last_position_too():
+    config = GPTConfig(vocab_size=13, n_layer=1, n_head=2, d_model=8, max_seq_len=6, dropout=0.0)
+    model = GPT(config, rng=np.random.default_rng(0))
+    window = np.random.default_rng(1).integers(0, 13, size=(2, 7))
+    ids = window[:, :-1]
+    out = model(ids, labels=window)
+    # every position predicts the next token of the window, the last included
+    logp = out.logits - np.log(np.exp(out.logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, window[:, 1:, None], axis=-1).mean()
+    assert abs(out.loss - nll) < 1e-5
+    model.backward()
+    assert np.abs(model.wpe.weight.grad[-1]).sum() > 0  # the last position embedding learns
+    model.zero_grad()
+    model(ids, labels=ids)
+    model.backward()
+    assert not model.wpe.weight.grad[-1].any()  # equal-length labels never reach it
