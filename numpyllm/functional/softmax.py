@@ -15,9 +15,9 @@ normalise: softmax returns zeros there (not 0/0 = NaN), log-softmax returns
 -inf (the log of those zeros), and the backward passes return zero gradient for
 every masked position. No NaN and no floating-point warning arises.
 
-Both caches are the returned output itself (softmax's backward needs only y,
-log-softmax's only its output): modify an output in place and its backward
-changes with it.
+Both caches hold the returned output itself, not a copy (softmax's backward
+needs only y, log-softmax's only its output): modify an output in place and its
+backward changes with it.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.functional.multi_head_attention import merge_heads
 from numpyllm.functional.norms import _layer_norm_output
+from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.blas import blas_threads
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
@@ -75,30 +76,18 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head != 0:
-            raise ValueError(
-                f"GPTConfig.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
-            )
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        d_ff = self.d_ff
-        if isinstance(d_ff, bool) or not isinstance(d_ff, (int, np.integer)) or d_ff < 1:
-            raise ValueError(f"GPTConfig.d_ff must be a positive integer or None, got {d_ff!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.layer_norm_eps > 0.0:
-            raise ValueError(f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        checks.positive_ints(self, "vocab_size", "n_layer", "n_head", "d_model", "d_ff",
+                             "max_seq_len")  # fmt: skip
+        checks.divisible(self, "d_model", by="n_head")
+        checks.probability(self, "dropout")
+        checks.positive_floats(self, "layer_norm_eps", "init_std")
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"GPTConfig.activation must be one of {sorted(ACTIVATIONS)}, "
                 f"got {self.activation!r}"
             )
-        if not self.init_std > 0.0:
-            raise ValueError(f"GPTConfig.init_std must be > 0, got {self.init_std!r}")
 
     @property
     def head_dim(self) -> int:
