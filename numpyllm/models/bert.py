@@ -80,6 +80,7 @@ from numpyllm.models.output import ModelOutput
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.feed_forward import ACTIVATIONS, FeedForward, activation_pair
+from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import Dropout, LayerNorm
@@ -130,20 +131,12 @@ class BertConfig:
         checks.probability(self, "dropout")
         checks.positive_floats(self, "layer_norm_eps", "init_std")
         checks.token_id(self, "pad_token_id", optional=True)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"BertConfig.activation must be one of {sorted(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
+        checks.one_of(self, "activation", ACTIVATIONS)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-
-def _child_rng(rng: np.random.Generator) -> np.random.Generator:
-    """An independent Generator for a dropout layer, seeded from the model's."""
-    return np.random.default_rng(int(rng.integers(2**63)))
 
 
 class BertEmbeddings(Module):
@@ -165,7 +158,7 @@ class BertEmbeddings(Module):
         if self.pad_token_id is not None:
             self.word_embeddings.weight.data[self.pad_token_id] = 0  # torch's padding_idx init
         self.layer_norm = LayerNorm(d, eps=config.layer_norm_eps, dtype=dtype)
-        self.dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.dropout = Dropout(config.dropout, rng=child_rng(rng))
         self._cache = None
 
     def forward(self, ids: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
@@ -215,7 +208,7 @@ class BertLayer(Module):
         self.attention = MultiHeadAttention(
             d, config.n_head, bias=True, rng=rng, std=std, dtype=dtype
         )
-        self.drop_attn = Dropout(config.dropout, rng=_child_rng(rng))
+        self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.attention_norm = LayerNorm(d, eps=eps, dtype=dtype)
         self.ffn = FeedForward(
             d,
@@ -227,7 +220,7 @@ class BertLayer(Module):
             std_out=std,
             dtype=dtype,
         )
-        self.drop_ffn = Dropout(config.dropout, rng=_child_rng(rng))
+        self.drop_ffn = Dropout(config.dropout, rng=child_rng(rng))
         self.ffn_norm = LayerNorm(d, eps=eps, dtype=dtype)
 
     def forward(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -263,7 +256,7 @@ class BERT(Module):
         self.mlm_act_forward, self.mlm_act_backward = activation_pair(config.activation)
         self.mlm_norm = LayerNorm(d, eps=config.layer_norm_eps)
         self.mlm_bias = init.zeros((config.vocab_size,), np.float32)
-        self.classifier_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.classifier_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.classifier = Linear(d, config.num_labels, rng=rng, std=std)
         self._cache = None
 

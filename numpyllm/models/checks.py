@@ -46,6 +46,15 @@ def divisible(config: Any, name: str, by: str) -> None:
         )
 
 
+def one_of(config: Any, name: str, choices: Any) -> None:
+    """A field whose value must be one of ``choices`` (e.g. an activation name)."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(
+            f"{type(config).__name__}.{name} must be one of {sorted(choices)}, got {value!r}"
+        )
+
+
 def token_id(config: Any, name: str, optional: bool = False) -> None:
     """A special-token field is an id of the vocabulary (or None when ``optional``)."""
     value = getattr(config, name)

@@ -36,6 +36,7 @@ from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.blas import blas_threads
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
+from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import Dropout, LayerNorm
@@ -83,20 +84,12 @@ class GPTConfig:
         checks.divisible(self, "d_model", by="n_head")
         checks.probability(self, "dropout")
         checks.positive_floats(self, "layer_norm_eps", "init_std")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"GPTConfig.activation must be one of {sorted(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
+        checks.one_of(self, "activation", ACTIVATIONS)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-
-def _child_rng(rng: np.random.Generator) -> np.random.Generator:
-    """An independent Generator for a dropout layer, seeded from the model's."""
-    return np.random.default_rng(int(rng.integers(2**63)))
 
 
 class CausalSelfAttention(Module):
@@ -226,8 +219,8 @@ class Block(Module):
         self.mlp = MLP(
             d, config.d_ff, config.activation, rng, config.init_std, out_std=out_std, dtype=dtype
         )
-        self.drop_attn = Dropout(config.dropout, rng=_child_rng(rng))
-        self.drop_mlp = Dropout(config.dropout, rng=_child_rng(rng))
+        self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
+        self.drop_mlp = Dropout(config.dropout, rng=child_rng(rng))
 
     def forward(
         self,
@@ -284,7 +277,7 @@ class GPT(Module):
         d = config.d_model
         self.wte = Embedding(config.vocab_size, d, rng=rng, std=config.init_std)
         self.wpe = Embedding(config.max_seq_len, d, rng=rng, std=config.init_std)
-        self.drop = Dropout(config.dropout, rng=_child_rng(rng))
+        self.drop = Dropout(config.dropout, rng=child_rng(rng))
         self.h = ModuleList([Block(config, rng) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)
         self._cache = None

@@ -118,6 +118,7 @@ from numpyllm.models.output import ModelOutput
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.feed_forward import FeedForward, activation_pair
+from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import Dropout, RMSNorm
@@ -210,11 +211,6 @@ def shift_right(labels: np.ndarray, decoder_start_token_id: int, pad_token_id: i
     return shifted
 
 
-def _child_rng(rng: np.random.Generator) -> np.random.Generator:
-    """An independent Generator drawn from ``rng`` (each dropout layer gets its own stream)."""
-    return np.random.default_rng(rng.integers(2**63))
-
-
 class T5Block(Module):
     """One pre-norm block: self-attention, cross-attention (decoder only), feed-forward."""
 
@@ -224,11 +220,11 @@ class T5Block(Module):
         self.is_decoder = is_decoder
         self.self_attn_norm = RMSNorm(d, config.layer_norm_eps)
         self.self_attn = _attention(config, causal=is_decoder, rng=rng)
-        self.self_attn_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.self_attn_dropout = Dropout(config.dropout, rng=child_rng(rng))
         if is_decoder:
             self.cross_attn_norm = RMSNorm(d, config.layer_norm_eps)
             self.cross_attn = _attention(config, causal=False, rng=rng)
-            self.cross_attn_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+            self.cross_attn_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.ffn_norm = RMSNorm(d, config.layer_norm_eps)
         self.ffn = FeedForward(
             d,
@@ -237,11 +233,11 @@ class T5Block(Module):
             gated=config.gated,
             bias=False,
             dropout=config.dropout,
-            rng=_child_rng(rng),
+            rng=child_rng(rng),
             std_in=f * d**-0.5,
             std_out=f * config.d_ff**-0.5,
         )
-        self.ffn_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.ffn_dropout = Dropout(config.dropout, rng=child_rng(rng))
 
     def forward(
         self,
@@ -325,7 +321,7 @@ class T5Stack(Module):
         super().__init__()
         n_blocks = config.n_decoder_layer if is_decoder else config.n_layer
         self.is_decoder = is_decoder
-        self.embed_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.embed_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.relative_attention_bias = RelativePositionBias(
             config.relative_attention_num_buckets,
             config.relative_attention_max_distance,
@@ -336,7 +332,7 @@ class T5Stack(Module):
         )
         self.blocks = ModuleList([T5Block(config, is_decoder, rng) for _ in range(n_blocks)])
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_eps)
-        self.final_dropout = Dropout(config.dropout, rng=_child_rng(rng))
+        self.final_dropout = Dropout(config.dropout, rng=child_rng(rng))
 
     def forward(
         self,

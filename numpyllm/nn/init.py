@@ -17,3 +17,8 @@ def zeros(shape: tuple[int, ...], dtype) -> Parameter:
 
 def ones(shape: tuple[int, ...], dtype) -> Parameter:
     return Parameter(np.ones(shape, dtype=dtype))
+
+
+def child_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent Generator (for a dropout layer), seeded from the model's."""
+    return np.random.default_rng(int(rng.integers(2**63)))
