@@ -6,6 +6,7 @@ wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT and T5
 """
 
 from numpyllm import functional, nn, optim
+from numpyllm.data import TokenDataset, builtin_corpus
 from numpyllm.gradcheck import gradcheck, gradcheck_model, numerical_gradient
 from numpyllm.models import (
     BERT,
@@ -17,6 +18,9 @@ from numpyllm.models import (
     SimpleNN,
     T5Config,
 )
+from numpyllm.tokenizer import Tokenizer
+from numpyllm.trainer import Trainer
+from numpyllm.training_args import TrainingArguments
 
 __version__ = "0.1.0"
 
@@ -29,6 +33,11 @@ __all__ = [
     "ModelOutput",
     "SimpleNN",
     "T5Config",
+    "TokenDataset",
+    "Tokenizer",
+    "Trainer",
+    "TrainingArguments",
+    "builtin_corpus",
     "functional",
     "gradcheck",
     "gradcheck_model",

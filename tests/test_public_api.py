@@ -12,7 +12,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_public_names_exist():
     for name in ("GPT", "GPTConfig", "BERT", "BertConfig", "T5", "T5Config", "SimpleNN",
-                 "gradcheck", "optim", "nn", "functional"):  # fmt: skip
+                 "gradcheck", "optim", "nn", "functional", "Tokenizer", "TokenDataset",
+                 "builtin_corpus", "Trainer", "TrainingArguments"):  # fmt: skip
         assert hasattr(nl, name), name
     for name in ("SGD", "Adam", "AdamW", "clip_grad_norm", "LRScheduler"):
         assert hasattr(nl.optim, name), name
