@@ -79,6 +79,7 @@ from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
+from numpyllm.nn.blas import limit_small_passes
 from numpyllm.nn.feed_forward import ACTIVATIONS, FeedForward, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
@@ -346,6 +347,11 @@ class BERT(Module):
         raise TypeError(f"classification labels must be integers or floats, got {labels.dtype}")
 
     # ---- forward / backward ----------------------------------------------------------
+    # BLAS threads in forward/backward: "auto" runs small passes on one thread (see
+    # numpyllm.nn.blas), an int or None sets it.
+    blas_threads: int | None | str = "auto"
+
+    @limit_small_passes
     def forward(
         self,
         input_ids: np.ndarray,
@@ -402,6 +408,7 @@ class BERT(Module):
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, pooler_output=pooled)
 
+    @limit_small_passes
     def backward(self, dlogits: np.ndarray | None = None) -> None:
         """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward.
 

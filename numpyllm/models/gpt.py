@@ -34,7 +34,7 @@ from numpyllm.functional.multi_head_attention import merge_heads
 from numpyllm.functional.norms import _layer_norm_output
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.nn.blas import blas_threads
+from numpyllm.nn.blas import blas_threads, threads_for_pass
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
@@ -253,20 +253,18 @@ class GPT(Module):
 
     ``blas_threads``: BLAS threads inside ``forward`` / ``backward``: an int, None (BLAS's
     own setting) or "auto" (the default): one thread when a pass is small (B * T * d_model
-    below ``_SMALL_PASS``, e.g. every token of generation, or d_model 384 on 2k tokens),
-    where a second BLAS thread costs more in hand-offs than it saves and can stall for
-    whole scheduler slices on a busy machine (see ``numpyllm.nn.blas``); BLAS's own
-    setting otherwise.
+    below ``numpyllm.nn.blas.SMALL_PASS``, e.g. every token of generation, or d_model 384
+    on 2k tokens), where a second BLAS thread costs more in hand-offs than it saves and can
+    stall for whole scheduler slices on a busy machine (see ``numpyllm.nn.blas``); BLAS's
+    own setting otherwise.
     """
 
     blas_threads: int | None | str = "auto"
-    # Measured on 2 busy cores: d=384 x 2k tokens trained at 2.4k tokens/s on 1 thread, 0.08k on 2.
-    _SMALL_PASS = 1 << 22
 
     def _threads_for(self, batch: int, seq: int) -> int | None:
-        if self.blas_threads != "auto":
-            return self.blas_threads
-        return 1 if batch * seq * self.config.d_model < self._SMALL_PASS else None
+        # Measured on 2 busy cores: d=384 x 2k tokens trained at 2.4k tokens/s on 1 thread,
+        # 0.08k on 2.
+        return threads_for_pass(self.blas_threads, batch * seq, self.config.d_model)
 
     def __init__(self, config: GPTConfig, rng: np.random.Generator | None = None) -> None:
         super().__init__()

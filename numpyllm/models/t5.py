@@ -117,6 +117,7 @@ from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
+from numpyllm.nn.blas import limit_small_passes
 from numpyllm.nn.feed_forward import FeedForward, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
@@ -451,6 +452,11 @@ class T5(Module):
     def _embed(self, ids: np.ndarray) -> tuple[np.ndarray, tuple]:
         return embedding_forward(ids, self.shared.weight.data)  # (B, T) -> (B, T, d)
 
+    # BLAS threads in encode/forward/backward: "auto" runs small passes on one thread (see
+    # numpyllm.nn.blas), an int or None sets it.
+    blas_threads: int | None | str = "auto"
+
+    @limit_small_passes
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
         """The encoder's output (B, T, d) for input_ids (B, T); attention_mask (B, T), 1 = token.
 
@@ -464,6 +470,7 @@ class T5(Module):
         enc, _ = self.encoder(emb, mask=mask)
         return enc
 
+    @limit_small_passes
     def forward(
         self,
         input_ids=None,
@@ -558,6 +565,7 @@ class T5(Module):
         )
 
     # ---- backward ----------------------------------------------------------------------
+    @limit_small_passes
     def backward(self, dlogits: np.ndarray | None = None) -> None:
         """Fill every parameter's ``.grad`` (+=) from the last forward's loss (dloss = 1),
         or from a given ``dlogits`` (B, S, V).

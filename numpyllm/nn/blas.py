@@ -13,8 +13,12 @@ Uses threadpoolctl when it is installed; without it the block runs unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import Any
+
+import numpy as np
 
 
 @lru_cache(maxsize=1)
@@ -40,3 +44,40 @@ def blas_threads(n: int | None) -> Iterator[None]:
         return
     with pools.limit(limits=n):
         yield
+
+
+SMALL_PASS = 1 << 22  # tokens * d_model below which a pass runs BLAS on one thread
+
+
+def threads_for_pass(setting: int | None | str, tokens: int | None, d_model: int) -> int | None:
+    """The "auto" policy: one BLAS thread when tokens * d_model < SMALL_PASS, else BLAS's own
+    setting; an int or None ``setting`` is used as it is."""
+    if setting != "auto":
+        return setting
+    return 1 if tokens is not None and tokens * d_model < SMALL_PASS else None
+
+
+def limit_small_passes(method: Callable) -> Callable:
+    """Decorate a model's ``forward`` / ``encode`` / ``backward`` to follow the model's
+    ``blas_threads`` setting ("auto", an int or None) for the pass it runs.
+
+    The pass size is the largest integer array given to ``forward`` / ``encode`` (the token
+    ids); ``backward`` reuses the size of the forward it differentiates.
+    """
+
+    @functools.wraps(method)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if method.__name__ == "backward":
+            tokens = self.__dict__.get("_pass_tokens")
+        else:
+            sizes = [
+                a.size for a in (*args, *kwargs.values())
+                if isinstance(a, np.ndarray) and a.dtype.kind in "iu"
+            ]  # fmt: skip
+            tokens = max(sizes, default=None)
+            object.__setattr__(self, "_pass_tokens", tokens)
+        threads = threads_for_pass(self.blas_threads, tokens, self.config.d_model)
+        with blas_threads(threads):
+            return method(self, *args, **kwargs)
+
+    return run
