@@ -89,17 +89,9 @@ def num_labels_of(hf: dict[str, Any]) -> int:
 def config_from_hf(hf: dict[str, Any]):
     """A BertConfig from a BERT config.json (as a dict)."""
     from numpyllm.models.bert import BertConfig
-    from numpyllm.nn.feed_forward import ACTIVATIONS
 
-    common.check_model_type(hf, MODEL_TYPE, LOADER)
-    common.check_architectures(hf, READABLE, LOADER)
-    common.reject_unsupported(hf, UNSUPPORTED, LOADER)
-    activation = hf.get("hidden_act", "gelu")
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{LOADER}: config.json sets hidden_act={activation!r}, which numpyllm does not "
-            f"support; supported: {', '.join(sorted(ACTIVATIONS))}"
-        )
+    common.check_config(hf, MODEL_TYPE, READABLE, UNSUPPORTED, LOADER)
+    activation = common.activation(hf, "hidden_act", "gelu", LOADER)
     return BertConfig(
         vocab_size=common.require(hf, "vocab_size", LOADER),
         n_layer=hf.get("num_hidden_layers", 12),

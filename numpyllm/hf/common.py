@@ -241,6 +241,32 @@ def reject_unsupported(
             )
 
 
+def check_config(
+    config: Mapping[str, Any],
+    model_type: str,
+    architectures: Iterable[str],
+    unsupported: Iterable[tuple[str, Any, Callable[[Any], bool]]],
+    loader: str,
+) -> None:
+    """The checks every loader runs on config.json before building a model."""
+    check_model_type(config, model_type, loader)
+    check_architectures(config, architectures, loader)
+    reject_unsupported(config, unsupported, loader)
+
+
+def activation(config: Mapping[str, Any], field: str, default: str, loader: str) -> str:
+    """config[field] (or ``default``) as an activation name numpyllm implements."""
+    from numpyllm.nn.feed_forward import ACTIVATIONS
+
+    name = config.get(field, default)
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"{loader}: config.json sets {field}={name!r}, which numpyllm does not "
+            f"support; supported: {', '.join(sorted(ACTIVATIONS))}"
+        )
+    return name
+
+
 def require(config: Mapping[str, Any], field: str, loader: str) -> Any:
     if field not in config:
         raise ValueError(f"{loader}: config.json has no {field!r} field")

@@ -58,17 +58,9 @@ UNSUPPORTED = (
 def config_from_hf(hf: dict[str, Any]):
     """A GPTConfig from a GPT-2 config.json (as a dict)."""
     from numpyllm.models.gpt import GPTConfig
-    from numpyllm.nn.feed_forward import ACTIVATIONS
 
-    common.check_model_type(hf, MODEL_TYPE, LOADER)
-    common.check_architectures(hf, ARCHITECTURES, LOADER)
-    common.reject_unsupported(hf, UNSUPPORTED, LOADER)
-    activation = hf.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"{LOADER}: config.json sets activation_function={activation!r}, which numpyllm "
-            f"does not support; supported: {', '.join(sorted(ACTIVATIONS))}"
-        )
+    common.check_config(hf, MODEL_TYPE, ARCHITECTURES, UNSUPPORTED, LOADER)
+    activation = common.activation(hf, "activation_function", "gelu_new", LOADER)
     return GPTConfig(
         vocab_size=common.require(hf, "vocab_size", LOADER),
         n_layer=hf.get("n_layer", 12),

@@ -102,9 +102,7 @@ def config_from_hf(hf: dict[str, Any], tied_head: bool = True):
     """A T5Config from a T5 config.json (as a dict), for a head tied or not (read from the file)."""
     from numpyllm.models.t5 import T5Config
 
-    common.check_model_type(hf, MODEL_TYPE, LOADER)
-    common.check_architectures(hf, ARCHITECTURES, LOADER)
-    common.reject_unsupported(hf, UNSUPPORTED, LOADER)
+    common.check_config(hf, MODEL_TYPE, ARCHITECTURES, UNSUPPORTED, LOADER)
     scaled = scales_output(hf)
     if scaled and not tied_head:
         raise ValueError(
