@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import train
 
             peak = meta["sgemm_peak_gflops"]
-            rows += train.run(configs, args.threads, rounds, peak, 64 if args.quick else 4096)
+            rows += train.run(configs, args.threads, rounds, peak, 0.01 if args.quick else 0.25)
         elif section == "generate":
             from benchmarks import generate
 

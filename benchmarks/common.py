@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -90,17 +91,29 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> float:
 
 
 def alternate(
-    sides: dict[str, Callable[[], object]], rounds: int, repeat: int = 1, warmup: int = 1
+    sides: dict[str, Callable[[], object]],
+    rounds: int,
+    repeat: int = 1,
+    warmup: int = 1,
+    min_seconds: float = 0.0,
 ) -> dict[str, list[float]]:
     """Time each side in turn, round after round (A B C A B C ...), so that a burst of load
-    from elsewhere on the machine hits every side alike. Returns seconds per call, per round."""
-    for fn in sides.values():
-        for _ in range(warmup):
-            fn()
+    from elsewhere on the machine hits every side alike. Returns seconds per call, per round.
+
+    Each sample is ``repeat`` back-to-back calls, more if needed to last ``min_seconds``
+    (judged from the last warm-up call). Long enough samples matter: a side's first
+    milliseconds can run beside the previous side's idle threads, which spin for a while
+    before they sleep (OpenMP's wait policy), and a short sample would be charged for that.
+    """
+    repeats = {}
+    for name, fn in sides.items():
+        for _ in range(max(1, warmup)):
+            once = timed(fn)
+        repeats[name] = max(repeat, math.ceil(min_seconds / max(once, 1e-9)))
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(rounds):
         for name, fn in sides.items():
-            times[name].append(timed(fn, repeat))
+            times[name].append(timed(fn, repeats[name]))
     return times
 
 

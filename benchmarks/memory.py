@@ -62,7 +62,7 @@ def measure(side: str, cfg: BenchConfig, threads: int, steps: int) -> dict:
         baseline = _status_kib("VmRSS")
         exact = _reset_peak()
         opt = nl.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-        opt.num_threads = threads
+        opt.num_threads = model.num_threads = threads
 
         def step():
             model(ids, labels=ids)

@@ -13,8 +13,9 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int):
     import numpyllm as nl
 
     model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
+    model.num_threads = threads  # the same core budget as BLAS and torch
     opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    opt.num_threads = threads  # the same core budget as BLAS and torch
+    opt.num_threads = threads
 
     def train_step():
         model.train()
@@ -69,9 +70,9 @@ def run(
     threads: int,
     rounds: int,
     peak_gflops: float,
-    sample_tokens: int = 4096,
+    sample_seconds: float = 0.25,
 ) -> list:
-    """One row per config and kind (train, forward); each sample covers >= sample_tokens."""
+    """One row per config and kind (train, forward); each sample lasts >= sample_seconds."""
     rows = []
     for cfg in configs.values():
         rng = np.random.default_rng(1)
@@ -88,9 +89,8 @@ def run(
                 check[f"loss_gap_{attention}"] = _loss_gap(model, ids, tmodel, tids)
                 train_sides[f"torch_{attention}"] = t_train
                 forward_sides[f"torch_{attention}"] = t_forward
-        repeat = max(1, sample_tokens // tokens)
         for kind, sides in (("train", train_sides), ("forward", forward_sides)):
-            times = alternate(sides, rounds, repeat=repeat, warmup=2)
+            times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
             values = {}
             for side, samples in times.items():
                 s = summary([tokens / t for t in samples])  # tokens/s per round

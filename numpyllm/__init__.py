@@ -18,11 +18,15 @@ from numpyllm.models import (
     SimpleNN,
     T5Config,
 )
+from numpyllm.nn.allocator import keep_freed_memory
 from numpyllm.tokenizer import Tokenizer
 from numpyllm.trainer import Trainer
 from numpyllm.training_args import TrainingArguments
 
 __version__ = "0.1.0"
+
+# Training allocates and frees the same arrays every step: keep their pages (see the module).
+keep_freed_memory()
 
 __all__ = [
     "BERT",

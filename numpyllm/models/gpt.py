@@ -40,6 +40,15 @@ from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import Dropout, LayerNorm
+from numpyllm.nn.parallel import (
+    add_replica_gradients,
+    available_cores,
+    batch_slices,
+    replicate,
+    run_parts,
+    sync_replica,
+    zero_replica_gradients,
+)
 
 IGNORE_INDEX = -100
 
@@ -251,14 +260,20 @@ class Block(Module):
 class GPT(Module):
     """GPT-2 language model with a tied output head (see the module docstring for the maths).
 
-    ``blas_threads``: BLAS threads inside ``forward`` / ``backward``: an int, None (BLAS's
-    own setting) or "auto" (the default): one thread when a pass is small (B * T * d_model
-    below ``numpyllm.nn.blas.SMALL_PASS``, e.g. every token of generation, or d_model 384
-    on 2k tokens), where a second BLAS thread costs more in hand-offs than it saves and can
+    ``num_threads``: a batch of B >= 2 rows is split in min(num_threads, B) parts computed
+    at once on as many threads, each with one BLAS thread (``numpyllm.nn.parallel``);
+    "auto" (the default) is the number of cores this process may use, 1 turns it off.
+    Generation (``use_cache``) is never split.
+
+    ``blas_threads``: BLAS threads inside an unsplit ``forward`` / ``backward``: an int,
+    None (BLAS's own setting) or "auto" (the default): one thread when a pass is small
+    (B * T * d_model below ``numpyllm.nn.blas.SMALL_PASS``, e.g. every token of generation),
+    where a second BLAS thread costs more in hand-offs than it saves and can
     stall for whole scheduler slices on a busy machine (see ``numpyllm.nn.blas``); BLAS's
     own setting otherwise.
     """
 
+    num_threads: int | str = "auto"
     blas_threads: int | None | str = "auto"
 
     def _threads_for(self, batch: int, seq: int) -> int | None:
@@ -279,6 +294,8 @@ class GPT(Module):
         self.h = ModuleList([Block(config, rng) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)
         self._cache = None
+        self._parts = None  # (models, row slices, loss weights) of a split forward
+        self._replicas: list[GPT] = []  # one per extra thread, made on first use
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids, past_len: int) -> np.ndarray:
@@ -385,34 +402,13 @@ class GPT(Module):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
     ) -> ModelOutput:
-        """Logits (B, T, V) for every position; loss when ``labels`` (B, T) are given (see
-        ``_forward``)."""
-        shape = np.shape(input_ids)
-        threads = self._threads_for(*shape) if len(shape) == 2 else None
-        with blas_threads(threads):
-            return self._forward(input_ids, labels, attention_mask, past_key_values, use_cache)
-
-    def backward(self, dlogits: np.ndarray | None = None) -> None:
-        """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward (see
-        ``_backward``)."""
-        cache = self._cache
-        threads = None if cache is None else self._threads_for(*cache["hidden"].shape[:2])
-        with blas_threads(threads):
-            self._backward(dlogits)
-
-    def _forward(
-        self,
-        input_ids: np.ndarray,
-        labels: np.ndarray | None,
-        attention_mask: np.ndarray | None,
-        past_key_values: KVCache | None,
-        use_cache: bool,
-    ) -> ModelOutput:
         """Logits (B, T, V) for every position; loss when ``labels`` (B, T) are given.
 
         loss = mean over t with labels[:, t+1] != -100 of -log softmax(logits[:, t])[labels[:, t+1]]
         (labels are the inputs themselves for language modelling: the shift is done here).
         Positions are P .. P + T - 1 whatever the padding (GPT-2's default ``position_ids``).
+
+        A batch of several rows is split over ``num_threads`` threads (see ``_forward_parts``).
         """
         if past_key_values is not None and len(past_key_values) == 0:
             past_key_values = None
@@ -423,7 +419,110 @@ class GPT(Module):
         B, T = ids.shape
         mask = self._key_mask(attention_mask, B, past_len + T)
         targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
+        self._cache = self._parts = None
+        parts = batch_slices(B, 1 if use_cache else self._thread_count())
+        if len(parts) > 1:
+            with blas_threads(1):  # one BLAS thread per part: the parts fill the cores
+                return self._forward_parts(ids, targets, mask, parts)
+        with blas_threads(self._threads_for(B, T)):
+            return self._forward(ids, targets, mask, past_key_values, past_len, use_cache)
 
+    def backward(self, dlogits: np.ndarray | None = None) -> None:
+        """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward (see
+        ``_backward``)."""
+        if self._parts is not None:
+            with blas_threads(1):
+                self._backward_parts(dlogits)
+            return
+        cache = self._cache
+        threads = None if cache is None else self._threads_for(*cache["hidden"].shape[:2])
+        with blas_threads(threads):
+            self._backward(dlogits)
+
+    def _thread_count(self) -> int:
+        n = self.num_threads
+        return available_cores() if n == "auto" else int(n)
+
+    def _forward_parts(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray | None,
+        mask: np.ndarray | None,
+        parts: list[slice],
+    ) -> ModelOutput:
+        """The batch's rows split in ``parts``, computed at once by this model (the first part)
+        and one replica per other part (``numpyllm.nn.parallel``); outputs are the whole
+        batch's. Each part writes its logits into its rows of one (B, T, V) array.
+
+        The loss is the token-weighted mean of the parts' losses, L = sum_i (n_i / n) L_i,
+        so ``_backward_parts`` starts part i from dL/dL_i = n_i / n.
+        """
+        while len(self._replicas) < len(parts) - 1:
+            replica = replicate(self)
+            object.__setattr__(replica, "_replicas", [])
+            self._replicas.append(replica)
+        models = [self, *self._replicas[: len(parts) - 1]]
+        for replica in models[1:]:
+            sync_replica(self, replica)
+        B, T = ids.shape
+        logits = np.empty((B, T, self.config.vocab_size), dtype=self.wte.weight.data.dtype)
+
+        def part(model: GPT, rows: slice):
+            return lambda: model._forward(
+                ids[rows],
+                None if targets is None else targets[rows],
+                None if mask is None else mask[rows],
+                logits_out=logits[rows],
+            )
+
+        outs = run_parts([part(m, rows) for m, rows in zip(models, parts)])
+        loss = weights = None
+        if targets is not None:
+            counts = [int(np.count_nonzero(targets[rows] != IGNORE_INDEX)) for rows in parts]
+            total = max(sum(counts), 1)  # every token ignored: loss 0, as unsplit
+            weights = [c / total for c in counts]
+            loss = float(sum(w * out.loss for w, out in zip(weights, outs)))
+        self._parts = (models, parts, weights)
+        hidden = np.concatenate([out.hidden_states for out in outs])  # (B, T, d)
+        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+    def _backward_parts(self, dlogits: np.ndarray | None) -> None:
+        """Each part's backward on its own thread; then the replicas' gradients are added
+        into this model's (the first part accumulated into them directly)."""
+        models, parts, weights = self._parts
+        if dlogits is not None:
+            dlogits = np.asarray(dlogits)
+            expected = (parts[-1].stop, *self._cache["logits_shape"][1:])
+            if dlogits.shape != expected:
+                raise ValueError(f"dlogits must have shape {expected}, got {dlogits.shape}")
+        self._parts = None
+
+        def part(i: int):
+            model = models[i]
+            if dlogits is not None:
+                return lambda: model._backward(dlogits[parts[i]])
+            return lambda: model._backward(None, dloss=weights[i] if weights else 1.0)
+
+        for replica in models[1:]:
+            zero_replica_gradients(replica)
+        run_parts([part(i) for i in range(len(models))])
+        for replica in models[1:]:
+            add_replica_gradients(self, replica)
+
+    def _forward(
+        self,
+        ids: np.ndarray,
+        targets: np.ndarray | None,
+        mask: np.ndarray | None,
+        past_key_values: KVCache | None = None,
+        past_len: int = 0,
+        use_cache: bool = False,
+        logits_out: np.ndarray | None = None,
+    ) -> ModelOutput:
+        """The forward on checked inputs: ``targets`` already shifted (see ``forward``),
+        ``mask`` boolean (B, 1, 1, P + T) or None. Logits are written to ``logits_out``
+        (B, T, V) when given."""
+        B, T = ids.shape
         x = self.wte(ids)  # (B, T) -> (B, T, d), a fresh gather
         x += self.wpe.weight.data[past_len : past_len + T]  # + (T, d) positions, broadcast over B
         x = self.drop(x)
@@ -436,7 +535,10 @@ class GPT(Module):
                 presents.append(present)
         hidden = self.ln_f(x)  # (B, T, d)
         head = self.wte.weight.data  # (V, d), the tied output head
-        logits = (hidden.reshape(B * T, -1) @ head.T).reshape(B, T, -1)  # (B*T, d) @ (d, V)
+        if logits_out is None:
+            logits_out = np.empty((B, T, head.shape[0]), dtype=hidden.dtype)
+        logits = logits_out
+        np.matmul(hidden.reshape(B * T, -1), head.T, out=logits.reshape(B * T, -1))  # (B*T, V)
 
         loss = None
         loss_cache = None
@@ -449,13 +551,15 @@ class GPT(Module):
             "loss_cache": loss_cache,
             "past_len": past_len,
             "inference_only": past_key_values is not None,
+            "logits_shape": logits.shape,
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, past_key_values=presents)
 
-    def _backward(self, dlogits: np.ndarray | None) -> None:
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
         """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward.
 
-        Starts from dloss = 1 on the last call's loss, or from ``dlogits`` (B, T, V) if given.
+        Starts from ``dloss`` (dL/dloss, 1 by default) on the last call's loss, or from
+        ``dlogits`` (B, T, V) if given.
         The tied head contributes to wte twice:
             logits = h E^T     ->  dE += dlogits^T h,   dh = dlogits E
             x_0 = E[ids] + ... ->  dE[ids] += dx_0      (scatter-add)
@@ -476,7 +580,7 @@ class GPT(Module):
                 raise RuntimeError(
                     "GPT.backward needs a loss: call the model with labels=..., or pass dlogits=..."
                 )
-            dlogits = cross_entropy_backward(1.0, cache["loss_cache"], overwrite=True)  # in place
+            dlogits = cross_entropy_backward(dloss, cache["loss_cache"], overwrite=True)  # in place
         else:
             dlogits = np.asarray(dlogits)
             expected = (B, T, head.shape[0])

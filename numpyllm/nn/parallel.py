@@ -1,0 +1,141 @@
+"""Data parallelism over the cores of one machine: split the batch, run each part on its own
+thread with its own copy of the model's modules, and add the parts' gradients.
+
+Why threads work here: NumPy releases Python's global lock inside BLAS calls and inside
+ufunc loops over large arrays, which is where a training step spends its time, so two
+threads computing two halves of a batch run on two cores at once. Why split the batch
+rather than each matmul (what a multi-threaded BLAS does): the matrices of a small model
+take well under a millisecond, and a BLAS that splits each of them pays a thread hand-off
+per matmul, while a split batch pays two hand-offs per pass (start and join), and every
+elementwise pass (LayerNorm, GELU, softmax), which NumPy runs on one core, is split too.
+
+A replica shares every parameter's ``data`` with the model (nothing is copied) and has
+its own module objects, so its forward caches and its gradients are its own. The loss of
+a batch is a mean over its tokens; split in parts of n_i tokens each, it is
+L = sum_i (n_i / n) L_i, so part i starts its backward from dL/dL_i = n_i / n, and the
+parameter gradient is the sum of the parts' gradients.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from numpyllm.nn.module import Module
+from numpyllm.nn.parameter import Parameter
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_parts(tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``tasks[0]`` on this thread and the others on worker threads, at the same time;
+    return their results in order. An exception in any task is raised here, after all
+    tasks have finished (so no task is left running on half-updated state).
+
+    Each worker runs in a copy of the caller's context, so settings such as
+    ``np.errstate`` apply to every part as they would to one thread."""
+    global _pool
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(tasks) - 1:
+            _pool = ThreadPoolExecutor(len(tasks) - 1, thread_name_prefix="numpyllm")
+        pool = _pool
+    futures = [pool.submit(contextvars.copy_context().run, task) for task in tasks[1:]]
+    first: Any = None
+    error: BaseException | None = None
+    try:
+        first = tasks[0]()
+    except BaseException as exc:  # noqa: BLE001 (re-raised below, after the join)
+        error = exc
+    results = [first]
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:  # noqa: BLE001
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
+
+
+def batch_slices(batch: int, parts: int) -> list[slice]:
+    """Split range(batch) into ``min(parts, batch)`` contiguous slices of near-equal size."""
+    parts = max(1, min(parts, batch))
+    bounds = [batch * i // parts for i in range(parts + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def replicate(module: Module) -> Module:
+    """A copy of ``module``'s tree whose parameters share the original's ``data`` arrays.
+
+    Module objects are new (so forward caches are the replica's own), as are Parameter
+    objects (so gradients are); a Parameter shared by two modules (tied weights) stays
+    shared. Call ``sync_replica`` before each use: an optimizer may have rebound ``data``.
+    """
+    clones: dict[int, Any] = {}
+
+    def clone_module(m: Module) -> Module:
+        if id(m) in clones:
+            return clones[id(m)]
+        c = copy.copy(m)
+        clones[id(m)] = c
+        object.__setattr__(c, "_parameters", {})
+        object.__setattr__(c, "_modules", {})
+        for name, p in m._parameters.items():
+            if id(p) not in clones:
+                clones[id(p)] = Parameter(p.data)
+            c._parameters[name] = clones[id(p)]
+            object.__setattr__(c, name, clones[id(p)])
+        for name, child in m._modules.items():
+            c._modules[name] = clone_module(child)
+            object.__setattr__(c, name, c._modules[name])
+        if "_cache" in vars(c):
+            object.__setattr__(c, "_cache", None)
+        return c
+
+    return clone_module(module)
+
+
+def sync_replica(module: Module, replica: Module) -> None:
+    """Point the replica's parameters at the module's current arrays, copy the train/eval
+    mode, and draw each of its dropout Generators from the module's own (so every random
+    mask is a function of the module's Generators, and a checkpoint of those resumes
+    exactly)."""
+    for p, r in zip(module.parameters(), replica.parameters(), strict=True):
+        r.data = p.data
+    for m, r in zip(module.modules(), replica.modules(), strict=True):
+        object.__setattr__(r, "training", m.training)
+        rng = vars(m).get("rng")
+        if isinstance(rng, np.random.Generator) and m.training and getattr(m, "p", 0) > 0:
+            object.__setattr__(r, "rng", np.random.default_rng(rng.integers(2**63)))
+
+
+def zero_replica_gradients(replica: Module) -> None:
+    """Fresh zero gradients for a replica's backward (freed again by ``add_replica_gradients``,
+    so a replica holds no gradient memory between steps)."""
+    for r in replica.parameters():
+        r.grad = np.zeros_like(r.data)
+
+
+def add_replica_gradients(module: Module, replica: Module) -> None:
+    """module.grad += replica.grad for every parameter; the replica's gradients are freed."""
+    for p, r in zip(module.parameters(), replica.parameters(), strict=True):
+        p.grad += r.grad
+        r.grad = None
