@@ -42,7 +42,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(side: str, cfg: BenchConfig, threads: int, steps: int) -> dict:
+def measure(side: str, cfg: BenchConfig, threads: int, steps: int, recompute: bool = False) -> dict:
     """Run in the subprocess: build, baseline, train ``steps`` steps, return MiB figures."""
     from benchmarks.common import limit_threads
 
@@ -63,6 +63,7 @@ def measure(side: str, cfg: BenchConfig, threads: int, steps: int) -> dict:
         exact = _reset_peak()
         opt = nl.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
         opt.num_threads = model.num_threads = threads
+        model.recompute_activations = recompute
 
         def step():
             model(ids, labels=ids)
@@ -104,12 +105,14 @@ def measure(side: str, cfg: BenchConfig, threads: int, steps: int) -> dict:
     }
 
 
-def _in_subprocess(side: str, cfg_name: str, threads: int, steps: int) -> dict:
+def _in_subprocess(
+    side: str, cfg_name: str, threads: int, steps: int, recompute: bool = False
+) -> dict:
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "benchmarks.memory", "--side", side, "--config", cfg_name]
-    cmd += ["--threads", str(threads), "--steps", str(steps)]
+    cmd += ["--threads", str(threads), "--steps", str(steps)] + ["--recompute"] * recompute
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory subprocess {cmd} failed:\n{done.stderr}")
@@ -126,15 +129,18 @@ def run(configs: dict[str, BenchConfig], threads: int, steps: int) -> list:
         for side in sides:
             m = _in_subprocess(side, name, threads, steps)
             values[side] = {"median": m["growth_mib"], "spread": 0.0, "n": 1, **m}
-        rows.append(
-            {
-                "section": "memory",
-                "name": f"memory {name}",
-                "unit": "MiB",
-                "higher_is_better": False,
-                "values": values,
-            }
-        )
+        recomputed = _in_subprocess("numpyllm", name, threads, steps, recompute=True)
+        for variant, ours in (("", values["numpyllm"]), (", recompute", recomputed)):
+            ours = {"median": ours["growth_mib"], "spread": 0.0, "n": 1, **ours}
+            rows.append(
+                {
+                    "section": "memory",
+                    "name": f"memory {name}{variant}",
+                    "unit": "MiB",
+                    "higher_is_better": False,
+                    "values": {**values, "numpyllm": ours},
+                }
+            )
     return rows
 
 
@@ -146,9 +152,10 @@ def main() -> None:
     parser.add_argument("--config", required=True, choices=[*CONFIGS, *QUICK_CONFIGS])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--recompute", action="store_true", help="recompute_activations on")
     args = parser.parse_args()
     cfg = {**CONFIGS, **QUICK_CONFIGS}[args.config]
-    print(json.dumps(measure(args.side, cfg, args.threads, args.steps)))
+    print(json.dumps(measure(args.side, cfg, args.threads, args.steps, args.recompute)))
 
 
 if __name__ == "__main__":

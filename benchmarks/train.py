@@ -9,11 +9,12 @@ from benchmarks.common import BenchConfig, alternate, gpt_config, summary, torch
 LR, WEIGHT_DECAY = 3e-4, 0.1
 
 
-def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int):
+def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int, recompute: bool = False):
     import numpyllm as nl
 
     model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
     model.num_threads = threads  # the same core budget as BLAS and torch
+    model.recompute_activations = recompute
     opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     opt.num_threads = threads
 
@@ -89,7 +90,16 @@ def run(
                 check[f"loss_gap_{attention}"] = _loss_gap(model, ids, tmodel, tids)
                 train_sides[f"torch_{attention}"] = t_train
                 forward_sides[f"torch_{attention}"] = t_forward
-        for kind, sides in (("train", train_sides), ("forward", forward_sides)):
+        # The same step with activation recomputation (the memory-saving setting), against
+        # the same PyTorch steps.
+        _, recompute_train, _ = _numpyllm_side(cfg, ids, threads, recompute=True)
+        recompute_sides = {**train_sides, "numpyllm": recompute_train}
+        kinds = (
+            ("train", train_sides, ""),
+            ("train", recompute_sides, ", recompute"),
+            ("forward", forward_sides, ""),
+        )
+        for kind, sides, variant in kinds:
             times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
             values = {}
             for side, samples in times.items():
@@ -98,7 +108,7 @@ def run(
                 values[side] = s
             row = {
                 "section": kind,
-                "name": f"{kind} {cfg.name}",
+                "name": f"{kind} {cfg.name}{variant}",
                 "unit": "tokens/s",
                 "higher_is_better": True,
                 "config": vars(cfg),

@@ -23,6 +23,8 @@ only: its ``backward`` raises.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +53,7 @@ from numpyllm.nn.parallel import (
 )
 
 IGNORE_INDEX = -100
+MLP_BACKWARD_ELEMENTS = 1 << 19  # rows * d_ff per block of the MLP's backward (2 MiB float32)
 
 KVCache = list[tuple[np.ndarray, np.ndarray]]
 
@@ -98,7 +101,6 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
-
 
 
 class CausalSelfAttention(Module):
@@ -190,20 +192,39 @@ class MLP(Module):
         self._pre = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._pre, _ = linear_forward(x, self.c_fc.weight.data, self.c_fc.bias.data)  # (B, T, d_ff)
+        self.forward_pre(x)
         hidden, _ = self.act_forward(self._pre)  # (B, T, d_ff)
         # only the pre-activation is kept: the backward recomputes act (memory over one pass)
         out, _ = linear_forward(hidden, self.c_proj.weight.data, self.c_proj.bias.data)
         return out  # (B, T, d_ff) -> (B, T, d)
 
+    def forward_pre(self, x: np.ndarray) -> None:
+        """Only the part of the forward the backward needs: the pre-activation, kept."""
+        self._pre, _ = linear_forward(x, self.c_fc.weight.data, self.c_fc.bias.data)  # (B, T, d_ff)
+
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
-        """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it."""
+        """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it.
+
+        Rows are independent until the weight gradients, which are sums over rows, so the
+        backward runs over blocks of rows and adds each block's share into the gradients:
+        the (rows, d_ff) temporaries (activation, its cache, its gradient) then cost one
+        block's worth, not the batch's (they are the largest arrays of a block's backward).
+        """
         pre, self._pre = self._pre, None
-        hidden, act_cache = self.act_forward(pre)  # (B, T, d_ff) again, and the act's cache
-        dhidden = _linear_backward(self.c_proj, dout, hidden)  # (B, T, d) -> (B, T, d_ff)
-        del hidden  # (B, T, d_ff) freed before the activation's backward allocates
-        dpre = self.act_backward(dhidden, act_cache)
-        return _linear_backward(self.c_fc, dpre, _norm_output(norm))  # (B, T, d_ff) -> (B, T, d)
+        d_ff = pre.shape[-1]
+        pre2 = pre.reshape(-1, d_ff)  # (N, d_ff)
+        dout2 = dout.reshape(-1, dout.shape[-1])  # (N, d)
+        x2 = _norm_output(norm).reshape(dout2.shape)  # (N, d)
+        dx = np.empty_like(x2)
+        rows = max(1, MLP_BACKWARD_ELEMENTS // d_ff)
+        for start in range(0, len(pre2), rows):
+            r = slice(start, start + rows)
+            hidden, act_cache = self.act_forward(pre2[r])  # (rows, d_ff) again, and its cache
+            dhidden = _linear_backward(self.c_proj, dout2[r], hidden)  # (rows, d_ff)
+            del hidden  # freed before the activation's backward allocates
+            dpre = self.act_backward(dhidden, act_cache)
+            dx[r] = _linear_backward(self.c_fc, dpre, x2[r])  # (rows, d_ff) -> (rows, d)
+        return dx.reshape(dout.shape)
 
 
 class Block(Module):
@@ -230,6 +251,7 @@ class Block(Module):
         )
         self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.drop_mlp = Dropout(config.dropout, rng=child_rng(rng))
+        self._saved = None  # (x, mask, dropout states) when the forward recomputes
 
     def forward(
         self,
@@ -237,8 +259,27 @@ class Block(Module):
         mask: np.ndarray | None = None,
         past_kv: tuple[np.ndarray, np.ndarray] | None = None,
         use_cache: bool = False,
+        recompute: bool = False,
     ):
-        """x (B, T, d) -> (B, T, d), or (out, (k, v)) when ``use_cache``."""
+        """x (B, T, d) -> (B, T, d), or (out, (k, v)) when ``use_cache``.
+
+        ``recompute``: keep only x (and the dropout Generators' states) and drop every cache;
+        the backward runs this forward again to rebuild them. One (B, T, d) array per block
+        instead of about ten, for a third more arithmetic (activation checkpointing).
+        """
+        if not recompute or use_cache:
+            self._saved = None
+            return self._forward(x, mask, past_kv, use_cache)
+        drops = (self.drop_attn, self.drop_mlp)
+        states = [d.rng.bit_generator.state for d in drops]
+        y = self._forward(x, mask)
+        for module in (self.ln_1, self.attn, self.ln_2, *drops):
+            module._cache = None
+        self.mlp._pre = None
+        self._saved = (x, mask, states)
+        return y
+
+    def _forward(self, x, mask=None, past_kv=None, use_cache=False):
         branch = self.attn(self.ln_1(x), mask=mask, past_kv=past_kv, use_cache=use_cache)
         present = None
         if use_cache:
@@ -249,7 +290,20 @@ class Block(Module):
         y += a
         return (y, present) if use_cache else y
 
+    def _rebuild_caches(self, x: np.ndarray, mask: np.ndarray | None) -> None:
+        """The forward up to what the backward reads: the MLP's activation and output
+        projection (a third of the forward's arithmetic) are skipped, as nothing keeps them."""
+        a = self.drop_attn(self.attn(self.ln_1(x), mask=mask))
+        a += x
+        self.mlp.forward_pre(self.ln_2(a))
+        self.drop_mlp(a)  # only to draw its mask again (same Generator state); output unused
+
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        if self._saved is not None:  # rebuild the caches, with the same dropout masks
+            (x, mask, states), self._saved = self._saved, None
+            for drop, state in zip((self.drop_attn, self.drop_mlp), states):
+                drop.rng.bit_generator.state = state
+            self._rebuild_caches(x, mask)
         da = self.ln_2.backward(self.mlp.backward(self.drop_mlp.backward(dout), self.ln_2))
         da += dout  # straight-through path of the second residual
         dx = self.ln_1.backward(self.attn.backward(self.drop_attn.backward(da), self.ln_1))
@@ -265,6 +319,10 @@ class GPT(Module):
     "auto" (the default) is the number of cores this process may use, 1 turns it off.
     Generation (``use_cache``) is never split.
 
+    ``recompute_activations``: each block keeps only its input and recomputes its forward
+    in the backward (see ``Block.forward``): activation memory falls from about ten
+    (B, T, d) arrays per block to one, for about a third more arithmetic per step.
+
     ``blas_threads``: BLAS threads inside an unsplit ``forward`` / ``backward``: an int,
     None (BLAS's own setting) or "auto" (the default): one thread when a pass is small
     (B * T * d_model below ``numpyllm.nn.blas.SMALL_PASS``, e.g. every token of generation),
@@ -274,6 +332,7 @@ class GPT(Module):
     """
 
     num_threads: int | str = "auto"
+    recompute_activations: bool = False
     blas_threads: int | None | str = "auto"
 
     def _threads_for(self, batch: int, seq: int) -> int | None:
@@ -420,7 +479,8 @@ class GPT(Module):
         mask = self._key_mask(attention_mask, B, past_len + T)
         targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
         self._cache = self._parts = None
-        parts = batch_slices(B, 1 if use_cache else self._thread_count())
+        cached = use_cache or past_key_values is not None  # inference with a KV cache
+        parts = batch_slices(B, 1 if cached else self._thread_count())
         if len(parts) > 1:
             with blas_threads(1):  # one BLAS thread per part: the parts fill the cores
                 return self._forward_parts(ids, targets, mask, parts)
@@ -464,6 +524,7 @@ class GPT(Module):
         models = [self, *self._replicas[: len(parts) - 1]]
         for replica in models[1:]:
             sync_replica(self, replica)
+            object.__setattr__(replica, "recompute_activations", self.recompute_activations)
         B, T = ids.shape
         logits = np.empty((B, T, self.config.vocab_size), dtype=self.wte.weight.data.dtype)
 
@@ -495,19 +556,55 @@ class GPT(Module):
             expected = (parts[-1].stop, *self._cache["logits_shape"][1:])
             if dlogits.shape != expected:
                 raise ValueError(f"dlogits must have shape {expected}, got {dlogits.shape}")
+        elif weights is None:
+            raise RuntimeError(
+                "GPT.backward needs a loss: call the model with labels=..., or pass dlogits=..."
+            )
         self._parts = None
 
-        def part(i: int):
-            model = models[i]
-            if dlogits is not None:
-                return lambda: model._backward(dlogits[parts[i]])
-            return lambda: model._backward(None, dloss=weights[i] if weights else 1.0)
+        # A replica's block gradients exist only from the start of its backward through
+        # that block until they are added into this model's, once this model (the first
+        # part) is done with the same block: about one block's worth at a time, not a
+        # whole model's. The small rest (embeddings, final LayerNorm) is added at the end.
+        blocks_done = [threading.Event() for _ in self.h]
+        adding = threading.Lock()  # two replicas never add into one gradient at once
 
-        for replica in models[1:]:
-            zero_replica_gradients(replica)
-        run_parts([part(i) for i in range(len(models))])
-        for replica in models[1:]:
-            add_replica_gradients(self, replica)
+        def mark_done(i: int) -> None:
+            blocks_done[i].set()
+
+        def add_block(replica: GPT, i: int) -> None:
+            blocks_done[i].wait()
+            with adding:
+                add_replica_gradients(self.h[i], replica.h[i])
+
+        def first_part() -> None:
+            try:
+                self._backward(*start(0), after_block=mark_done)
+            finally:  # on an error, release the replicas rather than leave them waiting
+                for event in blocks_done:
+                    event.set()
+
+        def start(i: int) -> tuple:
+            if dlogits is not None:
+                return (dlogits[parts[i]],)
+            return (None, weights[i] if weights else 1.0)
+
+        def replica_part(i: int):
+            replica = models[i]
+            return lambda: replica._backward(
+                *start(i),
+                before_block=lambda b: zero_replica_gradients(replica.h[b]),
+                after_block=lambda b: add_block(replica, b),
+            )
+
+        rest = [(m.wte, m.wpe, m.ln_f) for m in models]
+        for modules in rest[1:]:
+            for module in modules:
+                zero_replica_gradients(module)
+        run_parts([first_part] + [replica_part(i) for i in range(1, len(models))])
+        for modules in rest[1:]:
+            for main, replica in zip(rest[0], modules):
+                add_replica_gradients(main, replica)
 
     def _forward(
         self,
@@ -529,7 +626,7 @@ class GPT(Module):
         presents: KVCache | None = [] if use_cache else None
         for i, block in enumerate(self.h):
             past_kv = past_key_values[i] if past_key_values is not None else None
-            x = block(x, mask=mask, past_kv=past_kv, use_cache=use_cache)  # (B, T, d)
+            x = block(x, mask, past_kv, use_cache, self.recompute_activations)  # (B, T, d)
             if use_cache:
                 x, present = x
                 presents.append(present)
@@ -555,7 +652,13 @@ class GPT(Module):
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, past_key_values=presents)
 
-    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
+    def _backward(
+        self,
+        dlogits: np.ndarray | None,
+        dloss: float = 1.0,
+        before_block: Callable[[int], None] | None = None,
+        after_block: Callable[[int], None] | None = None,
+    ) -> None:
         """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward.
 
         Starts from ``dloss`` (dL/dloss, 1 by default) on the last call's loss, or from
@@ -592,8 +695,12 @@ class GPT(Module):
         self.wte.weight.grad += dlogits2.T @ hidden.reshape(B * T, d)  # (V, B*T) @ (B*T, d)
         dx = (dlogits2 @ head).reshape(B, T, d)  # (B*T, V) @ (V, d) -> (B, T, d)
         dx = self.ln_f.backward(dx)
-        for block in reversed(list(self.h)):
-            dx = block.backward(dx)  # (B, T, d)
+        for i in reversed(range(len(self.h))):
+            if before_block is not None:
+                before_block(i)
+            dx = self.h[i].backward(dx)  # (B, T, d)
+            if after_block is not None:  # (hooks for the split backward, _backward_parts)
+                after_block(i)
         dx = self.drop.backward(dx)
         past_len = cache["past_len"]
         self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)
