@@ -145,11 +145,12 @@ def generate_decoder_only(
 ) -> np.ndarray:
     """Continue each row of ``input_ids`` (B, T) and return (B, T + new) ids.
 
-    ``model(ids, past_key_values=..., use_cache=True)`` must return logits and
-    the updated cache (numpyllm's GPT does). A prompt plus continuation longer
-    than the model's context is an error unless ``crop_context``, which keeps
-    only the newest ``max_seq_len`` tokens as context (re-encoding them when
-    the window slides, since learned positions shift).
+    ``model.incremental_decoder(batch, max_len)`` must return a decoder whose ``step(ids)``
+    feeds the next tokens and returns the last position's logits (numpyllm's GPT does, see
+    ``numpyllm.models.gpt_decoding``). A prompt plus continuation longer than the model's
+    context is an error unless ``crop_context``, which keeps only the newest ``max_seq_len``
+    tokens as context (re-encoding them when the window slides, since learned positions
+    shift). ``use_cache=False`` re-encodes the whole window at every step.
     """
     config = model.config
     ids = _check_ids(input_ids, config.vocab_size)
@@ -162,29 +163,22 @@ def generate_decoder_only(
         )
     rng = np.random.default_rng(seed)
     finished = _Finished(ids.shape[0], eos_token_id, pad_token_id)
-    was_training = model.training
-    model.eval()
-    try:
+    max_len = min(context, ids.shape[1] + budget)
+    with model.incremental_decoder(ids.shape[0], max_len) as decoder:
         window = ids[:, -context:]
-        past = None
         step_input = window
         for _ in range(budget):
-            cache_full = past is not None and past[0][0].shape[-2] + 1 > context
-            if cache_full or not use_cache:
-                # learned positions shift when the window slides, so the cache cannot be
-                # kept: re-encode the newest `context` tokens
-                past, step_input = None, window
-            out = model(step_input, past_key_values=past, use_cache=use_cache)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]  # (B, V)
+            if not use_cache or decoder.length + step_input.shape[1] > max_len:
+                # the window slid: learned positions shift, so the cache cannot be kept
+                decoder.reset()
+                step_input = window
+            logits = decoder.step(step_input)  # (B, V), the last position's
             token = finished.update(next_token(logits, do_sample, temperature, top_k, top_p, rng))
             ids = np.concatenate([ids, token[:, None]], axis=1)
             window = ids[:, -context:]
             step_input = token[:, None]
             if finished.all_done:
                 break
-    finally:
-        model.train(was_training)
     return ids
 
 

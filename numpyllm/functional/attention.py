@@ -24,23 +24,29 @@ first Tq - Tk queries see no key and output zeros.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 
 
-@lru_cache(maxsize=32)
 def _causal_additive_mask(tq: int, tk: int, dtype: np.dtype) -> np.ndarray | None:
     """(Tq, Tk) table of 0 (may attend) and -inf (key j > i + Tk - Tq); None if nothing is masked.
 
-    A pure function of the shape, so it is built once per (Tq, Tk, dtype) and
+    One query (a generation step) sees every key: no table, and no entry in the shared
+    tables for each of the step's growing key lengths.
+    """
+    return None if tq <= 1 else _causal_table(tq, tk, dtype)
+
+
+@lru_cache(maxsize=32)
+def _causal_table(tq: int, tk: int, dtype: np.dtype) -> np.ndarray:
+    """A pure function of the shape, so it is built once per (Tq, Tk, dtype) and
     shared; it is made read-only so a caller cannot corrupt the shared copy.
     Adding it to S is one cheap broadcast pass (several times faster than a
     masked ``np.copyto``).
     """
     blocked = np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)  # j > i + (Tk - Tq)
-    if not blocked.any():
-        return None  # e.g. one new query during generation: it sees every key
     table = np.where(blocked, dtype.type(-np.inf), dtype.type(0))
     table.flags.writeable = False
     return table
@@ -164,16 +170,7 @@ def attention_forward(
 
     table = _additive_mask(causal, mask, tq, tk, dtype)
     scores = _masked_scores(q, k, scale, bias, table, scores_shape)  # (..., Tq, Tk)
-
-    # Stable softmax in place. `initial` makes an empty key axis legal and is
-    # also much faster than a plain max.
-    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1)
-    row_max[row_max == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
-    np.subtract(scores, row_max, out=scores)
-    np.exp(scores, out=scores)
-    row_sum = np.einsum("...j->...", scores)[..., None]  # (..., Tq, 1); 4x a short-row .sum
-    # normalise after the matmul: out = (E V) / rowsum(E) scales (Tq, dv), not E's (Tq, Tk)
-    out = scores @ v  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
+    out, row_max, row_sum = _unnormalised_attention(scores, v)
     empty = row_sum == 0  # fully masked rows (any other row sums to >= 1)
     # log-sum-exp per row for the backward; +inf for a fully masked row so exp(S - L) = 0 there
     with np.errstate(divide="ignore"):
@@ -260,19 +257,55 @@ def attention_backward(
     )
 
 
+def attention_inference(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, scale: float | None = None
+) -> np.ndarray:
+    """``attention_forward``'s output alone, with no input checks, mask, bias or cache.
+
+    For generation, where q, k, v come from the model itself (one dtype, matching shapes,
+    Tq <= Tk so no query row is fully masked) and one token's attention is only a few
+    microseconds of arithmetic: the checks and the backward's log-sum-exp would double it.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    table = _causal_additive_mask(q.shape[-2], k.shape[-2], q.dtype) if causal else None
+    scores = _masked_scores(q, k, scale, None, table)  # (..., Tq, Tk)
+    out, _, row_sum = _unnormalised_attention(scores, v)
+    out /= row_sum
+    return out
+
+
+def _unnormalised_attention(
+    scores: np.ndarray, v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """E V with E = exp(S - rowmax(S)) computed in place in ``scores``; returns E V, the row
+    maxima and the row sums of E (out = E V / rowsum(E), left to the caller).
+
+    Normalising after the matmul scales (Tq, dv), not E's (Tq, Tk).
+    """
+    # Stable softmax in place. `initial` makes an empty key axis legal and is
+    # also much faster than a plain max.
+    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1)
+    row_max[row_max == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
+    np.subtract(scores, row_max, out=scores)
+    np.exp(scores, out=scores)
+    row_sum = np.einsum("...j->...", scores)[..., None]  # (..., Tq, 1); 4x a short-row .sum
+    return scores @ v, row_max, row_sum  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
+
+
 def _masked_scores(
     q: np.ndarray,
     k: np.ndarray,
     scale: float,
     bias: np.ndarray | None,
     table: np.ndarray | None,
-    scores_shape: tuple[int, ...],
+    scores_shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """S = scale * q k^T + bias + mask table, a fresh (..., Tq, Tk) array."""
+    """S = scale * q k^T + bias + mask table, a fresh (..., Tq, Tk) array, broadcast to
+    ``scores_shape`` when given."""
     # Scaling q (Tq x d) is cheaper than scaling S (Tq x Tk) whenever d < Tk.
     q_scaled = q * scale if scale != 1.0 else q
     scores = q_scaled @ k.swapaxes(-1, -2)  # (..., Tq, d) @ (..., d, Tk) -> (..., Tq, Tk)
-    if scores.shape != scores_shape:  # rare: mask or bias adds leading axes
+    if scores_shape is not None and scores.shape != scores_shape:  # mask or bias adds axes
         scores = np.broadcast_to(scores, scores_shape).copy()
     if bias is not None:
         scores += bias.astype(scores.dtype, copy=False)  # (..., Tq, Tk) += broadcast bias

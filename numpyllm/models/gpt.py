@@ -35,6 +35,7 @@ from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_for
 from numpyllm.functional.multi_head_attention import merge_heads
 from numpyllm.functional.norms import _layer_norm_output
 from numpyllm.models import checks
+from numpyllm.models.gpt_decoding import GPTDecoder
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.blas import blas_threads, threads_for_pass
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
@@ -724,6 +725,11 @@ class GPT(Module):
         return float(6 * n_matmul + 12 * cfg.n_layer * T * cfg.d_model)
 
     # ---- generation and checkpoints ----------------------------------------------------
+    def incremental_decoder(self, batch: int = 1, max_len: int | None = None) -> GPTDecoder:
+        """This model's forward for generation, one step at a time, with the keys and values
+        cached in buffers allocated once (see ``numpyllm.models.gpt_decoding``)."""
+        return GPTDecoder(self, batch, max_len)
+
     def generate(self, input_ids, **kwargs) -> np.ndarray:
         """Continue ``input_ids`` (B, T) one token at a time with a KV cache; returns (B, T + new).
 

@@ -9,7 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numpyllm.functional.attention import attention_backward, attention_forward
+from numpyllm.functional.attention import (
+    attention_backward,
+    attention_forward,
+    attention_inference,
+)
 from numpyllm.gradcheck import gradcheck
 
 # Any RuntimeWarning (0/0, inf - inf, overflow) anywhere in this file is a failure.
@@ -288,3 +292,56 @@ def test_mixed_dtypes_raise_type_error(rng):
     q = rng.standard_normal((3, 4)).astype(np.float32)
     with pytest.raises(TypeError, match="share one dtype"):
         attention_forward(q, rng.standard_normal((5, 4)), rng.standard_normal((5, 4)))
+
+
+# ---- attention_inference: the forward's output alone, for generation ----------------------
+@st.composite
+def inference_problems(draw) -> dict:
+    """q, k, v of one dtype with Tq <= Tk (no fully masked row), k / v leading axes broadcast
+    (e.g. a head axis of size 1 shared by every head), q sometimes a strided view as the
+    decoder passes it."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    batch, heads = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lead = draw(st.sampled_from([(), (heads,), (batch, heads)]))
+    tk = draw(st.integers(1, 6))
+    tq = draw(st.integers(1, tk))
+    d, dv = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    k_lead = draw(broadcastable_to(lead))
+    v_lead = k_lead if draw(st.booleans()) else draw(broadcastable_to(lead))
+    if draw(st.booleans()):  # a transposed view, not C-contiguous
+        q = (rng.standard_normal((*lead, d, tq)) * 2).astype(dtype).swapaxes(-1, -2)
+    else:
+        q = (rng.standard_normal((*lead, tq, d)) * 2).astype(dtype)
+    return {
+        "q": q,
+        "k": (rng.standard_normal((*k_lead, tk, d)) * 2).astype(dtype),
+        "v": rng.standard_normal((*v_lead, tk, dv)).astype(dtype),
+        "causal": draw(st.booleans()),
+        "scale": draw(st.sampled_from([None, 1.0, 0.3, 2.5])),
+    }
+
+
+@given(inference_problems())
+def test_inference_equals_the_forwards_output_and_leaves_its_inputs_alone(problem):
+    copies = {name: problem[name].copy() for name in ("q", "k", "v")}
+    out = attention_inference(**problem)
+    expected, _ = attention_forward(**problem)
+    assert out.dtype == problem["q"].dtype
+    assert out.shape == expected.shape
+    np.testing.assert_array_equal(out, expected)  # the same arithmetic, so the same bits
+    for name, copy in copies.items():
+        np.testing.assert_array_equal(problem[name], copy)
+    if problem["q"].dtype == np.float64:  # and not merely equal to itself: the true values
+        np.testing.assert_allclose(out, naive_attention(**problem), rtol=1e-12, atol=1e-12)
+
+
+def test_inference_causal_with_one_query_sees_every_key_and_with_equal_lengths_is_triangular(rng):
+    q, k, v = (rng.standard_normal(s) for s in [(2, 1, 4), (2, 5, 4), (2, 5, 3)])
+    np.testing.assert_array_equal(
+        attention_inference(q, k, v, causal=True), attention_inference(q, k, v)
+    )
+    q = rng.standard_normal((2, 5, 4))
+    out = attention_inference(q, k, v, causal=True)
+    np.testing.assert_allclose(out[:, 0], v[:, 0], rtol=1e-15)  # query 0 sees key 0 only
+    assert not np.allclose(out, attention_inference(q, k, v))

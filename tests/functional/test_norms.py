@@ -8,11 +8,13 @@ from hypothesis import strategies as st
 from numpyllm.functional.norms import (
     layer_norm_backward,
     layer_norm_forward,
+    layer_norm_inference,
     rms_norm_backward,
     rms_norm_forward,
 )
 from numpyllm.gradcheck import gradcheck
 from tests.functional.strategies import (
+    batch_shapes,
     dtypes,
     float_arrays,
     normal_arrays,
@@ -171,3 +173,35 @@ def test_bad_inputs_are_rejected():
         rms_norm_forward(np.zeros((2, 4), dtype=np.int32), np.ones(4))
     with pytest.raises(ValueError, match="scalar"):
         layer_norm_forward(np.float64(1.0), np.ones(1), np.zeros(1))
+
+
+# --------------------------------------------------------------------- inference
+
+
+@given(
+    lead=batch_shapes(min_dims=1, max_dims=3),
+    d=sides(1, 8),
+    dtype=dtypes(),
+    seed=seeds(),
+    eps=st.sampled_from([1e-5, 1e-2, 0.5]),
+)
+def test_layer_norm_inference_is_the_forwards_output(lead, d, dtype, seed, eps):
+    offset = random_array((*lead, 1), seed + 2, dtype)  # rows not centred on 0
+    x = random_array((*lead, d), seed, dtype, scale=3.0) + offset
+    w = 1.0 + random_array((d,), seed + 3, dtype, scale=0.5)
+    b = random_array((d,), seed + 4, dtype)
+    x_before = x.copy()
+    y = layer_norm_inference(x, w, b, eps)
+    expected, _ = layer_norm_forward(x, w, b, eps)
+    assert y.shape == x.shape and y.dtype == dtype
+    assert np.array_equal(y, expected)
+    assert np.array_equal(x, x_before)  # x is not normalised in place
+    if dtype == np.float64:
+        np.testing.assert_allclose(y, layer_norm_reference(x, w, b, eps), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_inference_accepts_a_strided_view():
+    x = np.random.default_rng(0).standard_normal((5, 3, 6))
+    view = x[:, -1]  # (5, 6), not contiguous: the decoder normalises its last position so
+    w, b = np.linspace(0.5, 1.5, 6), np.linspace(-1, 1, 6)
+    assert np.array_equal(layer_norm_inference(view, w, b, 1e-5), layer_norm_forward(view, w, b)[0])
