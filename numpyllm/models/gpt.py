@@ -32,7 +32,6 @@ import numpy as np
 from numpyllm.functional.attention import attention_backward, attention_forward
 from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
-from numpyllm.functional.multi_head_attention import merge_heads
 from numpyllm.functional.norms import _layer_norm_output
 from numpyllm.models import checks
 from numpyllm.models.gpt_decoding import GPTDecoder
@@ -54,7 +53,12 @@ from numpyllm.nn.parallel import (
 )
 
 IGNORE_INDEX = -100
-MLP_BACKWARD_ELEMENTS = 1 << 19  # rows * d_ff per block of the MLP's backward (2 MiB float32)
+# Rows per block of the MLP's forward and backward (see MLP.forward); smaller blocks when
+# recomputing activations, the setting for memory. Measured on the benchmark configs: 256
+# rows cost 4-9% of training speed against whole passes, 1024 rows under 1%.
+MLP_BLOCK_ROWS = 1024
+MLP_BLOCK_ROWS_RECOMPUTE = 256
+ATTENTION_BLOCK_ELEMENTS = 1 << 19  # rows * H * T * (P + T) per block of attention (2 MiB)
 
 KVCache = list[tuple[np.ndarray, np.ndarray]]
 
@@ -148,33 +152,56 @@ class CausalSelfAttention(Module):
         if past_kv is not None:
             k = np.concatenate((past_kv[0], k), axis=2)  # (B, H, P, dh) + (B, H, T, dh)
             v = np.concatenate((past_kv[1], v), axis=2)  # -> (B, H, P + T, dh)
-        # causal with T < P + T is end-aligned: query i sees keys 0 .. P + i
-        out, attn_cache = attention_forward(q, k, v, causal=True, mask=mask)  # (B, H, T, dh)
-        merged = merge_heads(out)  # (B, H, T, dh) -> (B, T, d), one copy
+        merged = np.empty((B, T, d), dtype=q.dtype)  # the heads side by side: c_proj's input
+        merged_heads = merged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # (B, H, T, dh) view
+        attn_caches = []
+        for rows in _attention_row_blocks(B, H, T, k.shape[2]):
+            # causal with T < P + T is end-aligned: query i sees keys 0 .. P + i
+            out, attn_cache = attention_forward(
+                q[rows], k[rows], v[rows], causal=True, mask=None if mask is None else mask[rows]
+            )  # (b, H, T, dh)
+            merged_heads[rows] = out  # written into (B, T, d) order: c_proj reads it as is
+            attn_caches.append((rows, attn_cache))
         y = self.c_proj(merged)  # (B, T, d) -> (B, T, d)
-        self._cache = (attn_cache, merged)  # merged: also c_proj's cached input, no copy
+        self._cache = (attn_caches, merged)  # merged: also c_proj's cached input, no copy
         return (y, (k, v)) if use_cache else y
 
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the three projections' gradients land in one (B, T, 3d)
         buffer so c_attn's backward is one matmul. x is rebuilt from ``norm``, which made it."""
-        (attn_cache, merged), self._cache = self._cache, None
+        (attn_caches, merged), self._cache = self._cache, None
         B, T, d = merged.shape
         H = self.n_head
         dmerged = self.c_proj.backward(dout)  # (B, T, d)
         dheads = dmerged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # -> (B, H, T, dh) view
         heads = merged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # forward's output, view
-        dq, dk, dv, _ = attention_backward(dheads, attn_cache, out=heads)  # each (B, H, T, dh)
         dqkv = np.empty((B, T, 3 * d), dtype=dmerged.dtype)  # (B, T, 3d)
         dqkv_heads = dqkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, dh)
-        dqkv_heads[0] = dq
-        dqkv_heads[1] = dk
-        dqkv_heads[2] = dv
+        for rows, attn_cache in attn_caches:
+            dq, dk, dv, _ = attention_backward(dheads[rows], attn_cache, out=heads[rows])
+            dqkv_heads[0, rows] = dq  # each (b, H, T, dh)
+            dqkv_heads[1, rows] = dk
+            dqkv_heads[2, rows] = dv
         return _linear_backward(self.c_attn, dqkv, _norm_output(norm))  # (B, T, 3d) -> (B, T, d)
+
+
+def _attention_row_blocks(batch: int, heads: int, queries: int, keys: int) -> list[slice]:
+    """Blocks of batch rows whose (rows, H, T, P + T) score arrays hold at most about
+    ``ATTENTION_BLOCK_ELEMENTS``: attention runs block by block, so its score-sized temporaries
+    (the scores, and the probabilities and their gradient in the backward: the largest arrays
+    of a block's step) cost one block's worth, not the batch's."""
+    return _row_blocks(batch, max(1, ATTENTION_BLOCK_ELEMENTS // (heads * queries * keys)))
+
+
+def _row_blocks(n: int, rows: int) -> list[slice]:
+    """0 .. n in slices of ``rows``."""
+    return [slice(start, start + rows) for start in range(0, n, rows)]
 
 
 class MLP(Module):
     """MLP(u) = act(u W_fc + b_fc) W_proj + b_proj, with W_fc (d, d_ff) and W_proj (d_ff, d)."""
+
+    block_rows: int = MLP_BLOCK_ROWS
 
     def __init__(
         self,
@@ -192,12 +219,24 @@ class MLP(Module):
         self.c_proj = Linear(d_ff, d_model, rng=rng, std=out_std, dtype=dtype)
         self._pre = None
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.forward_pre(x)
-        hidden, _ = self.act_forward(self._pre)  # (B, T, d_ff)
-        # only the pre-activation is kept: the backward recomputes act (memory over one pass)
-        out, _ = linear_forward(hidden, self.c_proj.weight.data, self.c_proj.bias.data)
-        return out  # (B, T, d_ff) -> (B, T, d)
+    def forward(self, x: np.ndarray, keep: bool = True) -> np.ndarray:
+        """x (B, T, d) -> (B, T, d). Rows are independent, so the forward runs over blocks of
+        ``block_rows`` rows: the activation and its temporaries (rows, d_ff) cost one
+        block's worth. Only the pre-activation is kept, and only if ``keep``: the backward
+        recomputes the activation (memory over one pass)."""
+        x2 = x.reshape(-1, x.shape[-1])  # (N, d)
+        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data
+        w_proj, b_proj = self.c_proj.weight.data, self.c_proj.bias.data
+        pre = np.empty((len(x2), w_fc.shape[1]), dtype=x2.dtype) if keep else None  # (N, d_ff)
+        out = np.empty_like(x2)  # (N, d)
+        for r in _row_blocks(len(x2), self.block_rows):
+            pre_r = np.matmul(x2[r], w_fc, out=None if pre is None else pre[r])  # (rows, d_ff)
+            pre_r += b_fc
+            hidden, _ = self.act_forward(pre_r)
+            np.matmul(hidden, w_proj, out=out[r])  # (rows, d_ff) -> (rows, d)
+        out += b_proj
+        self._pre = None if pre is None else pre.reshape(*x.shape[:-1], -1)
+        return out.reshape(x.shape)
 
     def forward_pre(self, x: np.ndarray) -> None:
         """Only the part of the forward the backward needs: the pre-activation, kept."""
@@ -217,9 +256,7 @@ class MLP(Module):
         dout2 = dout.reshape(-1, dout.shape[-1])  # (N, d)
         x2 = _norm_output(norm).reshape(dout2.shape)  # (N, d)
         dx = np.empty_like(x2)
-        rows = max(1, MLP_BACKWARD_ELEMENTS // d_ff)
-        for start in range(0, len(pre2), rows):
-            r = slice(start, start + rows)
+        for r in _row_blocks(len(pre2), self.block_rows):
             hidden, act_cache = self.act_forward(pre2[r])  # (rows, d_ff) again, and its cache
             dhidden = _linear_backward(self.c_proj, dout2[r], hidden)  # (rows, d_ff)
             del hidden  # freed before the activation's backward allocates
@@ -268,26 +305,29 @@ class Block(Module):
         the backward runs this forward again to rebuild them. One (B, T, d) array per block
         instead of about ten, for a third more arithmetic (activation checkpointing).
         """
-        if not recompute or use_cache:
+        recompute = recompute and not use_cache
+        self.mlp.block_rows = MLP_BLOCK_ROWS_RECOMPUTE if recompute else MLP_BLOCK_ROWS
+        if not recompute:
             self._saved = None
             return self._forward(x, mask, past_kv, use_cache)
         drops = (self.drop_attn, self.drop_mlp)
         states = [d.rng.bit_generator.state for d in drops]
-        y = self._forward(x, mask)
-        for module in (self.ln_1, self.attn, self.ln_2, *drops):
-            module._cache = None
+        y = self._forward(x, mask, keep=False)
+        for module in self.modules():  # every cache, down to the projections' inputs
+            if "_cache" in module.__dict__:
+                module._cache = None
         self.mlp._pre = None
         self._saved = (x, mask, states)
         return y
 
-    def _forward(self, x, mask=None, past_kv=None, use_cache=False):
+    def _forward(self, x, mask=None, past_kv=None, use_cache=False, keep=True):
         branch = self.attn(self.ln_1(x), mask=mask, past_kv=past_kv, use_cache=use_cache)
         present = None
         if use_cache:
             branch, present = branch
         a = self.drop_attn(branch)  # (B, T, d), a fresh array
         a += x  # residual, in place: nothing caches the branch's output
-        y = self.drop_mlp(self.mlp(self.ln_2(a)))  # (B, T, d)
+        y = self.drop_mlp(self.mlp(self.ln_2(a), keep=keep))  # (B, T, d)
         y += a
         return (y, present) if use_cache else y
 
@@ -692,9 +732,12 @@ class GPT(Module):
                 raise ValueError(f"dlogits must have shape {expected}, got {dlogits.shape}")
         self._cache = None
 
+        past_len = cache["past_len"]
+        del cache  # with dlogits below: the (B, T, V) buffers are not kept through the blocks
         dlogits2 = dlogits.reshape(B * T, -1)  # (B*T, V)
         self.wte.weight.grad += dlogits2.T @ hidden.reshape(B * T, d)  # (V, B*T) @ (B*T, d)
         dx = (dlogits2 @ head).reshape(B, T, d)  # (B*T, V) @ (V, d) -> (B, T, d)
+        del dlogits, dlogits2, hidden
         dx = self.ln_f.backward(dx)
         for i in reversed(range(len(self.h))):
             if before_block is not None:
@@ -703,7 +746,6 @@ class GPT(Module):
             if after_block is not None:  # (hooks for the split backward, _backward_parts)
                 after_block(i)
         dx = self.drop.backward(dx)
-        past_len = cache["past_len"]
         self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)
         self.wte.backward(dx)  # scatter-add into wte.grad
 

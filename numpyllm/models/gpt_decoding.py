@@ -54,9 +54,11 @@ class GPTDecoder:
     ``batch`` rows, at most ``max_len`` tokens in all (default: the model's context). The
     decoder reads the model's parameters when it runs, so it always sees current weights,
     and it always runs as in evaluation (no dropout). Its key-value buffers take the
-    model's dtype when it is made: after ``model.astype(...)``, make a new decoder. Use it as a context manager: inside,
-    BLAS runs on the thread count the model's ``blas_threads`` asks for (see
-    ``LARGE_WEIGHT`` for "auto"); ``step`` also works outside, with BLAS as it is.
+    model's dtype when it is made: after ``model.astype(...)``, make a new decoder.
+
+    Use it as a context manager: inside, BLAS runs on the thread count the model's
+    ``blas_threads`` asks for (see ``LARGE_WEIGHT`` for "auto"); ``step`` also works
+    outside, with BLAS as it is.
     """
 
     def __init__(self, model: GPT, batch: int = 1, max_len: int | None = None) -> None:

@@ -367,13 +367,17 @@ def test_split_with_recomputed_activations_matches_storing_them(dropout):
         assert_same(results[1], run(make_model(11), 1, ids, labels))
 
 
-def test_mlp_backward_in_blocks_of_rows_matches_one_block(monkeypatch):
-    """The MLP's backward runs over blocks of rows; the gradients are the one-block ones."""
+def test_mlp_in_blocks_of_rows_matches_one_block(monkeypatch):
+    """The MLP runs over blocks of rows; loss and gradients are the one-block ones."""
     from numpyllm.models import gpt
 
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(3, 7))
     reference = run(make_model(), 1, ids, ids)
-    d_ff = make_model().config.d_ff
     for rows in (1, 2, 5):
-        monkeypatch.setattr(gpt, "MLP_BACKWARD_ELEMENTS", rows * d_ff)
+        monkeypatch.setattr(gpt, "MLP_BLOCK_ROWS", rows)
+        monkeypatch.setattr(gpt, "MLP_BLOCK_ROWS_RECOMPUTE", rows + 1)
         assert_same(run(make_model(), 1, ids, ids), reference)
+        recomputing = make_model()
+        recomputing.recompute_activations = True
+        assert_same(run(recomputing, 1, ids, ids), reference)
+        assert all(block.mlp.block_rows == rows + 1 for block in recomputing.h)
