@@ -367,17 +367,21 @@ def test_split_with_recomputed_activations_matches_storing_them(dropout):
         assert_same(results[1], run(make_model(11), 1, ids, labels))
 
 
-def test_mlp_in_blocks_of_rows_matches_one_block(monkeypatch):
-    """The MLP runs over blocks of rows; loss and gradients are the one-block ones."""
+def test_attention_and_mlp_in_blocks_of_rows_match_one_block(monkeypatch):
+    """Attention and the MLP run over blocks of rows; loss and gradients are the one-block
+    ones, with the default blocks and with the recompute ones."""
     from numpyllm.models import gpt
 
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(3, 7))
     reference = run(make_model(), 1, ids, ids)
     for rows in (1, 2, 5):
-        monkeypatch.setattr(gpt, "MLP_BLOCK_ROWS", rows)
-        monkeypatch.setattr(gpt, "MLP_BLOCK_ROWS_RECOMPUTE", rows + 1)
+        blocks = gpt.BlockSizes(attention_elements=rows * 2 * 7 * 7, mlp_rows=rows)  # H=2, T=7
+        monkeypatch.setattr(gpt, "BLOCKS", blocks)
+        recompute_blocks = gpt.BlockSizes(attention_elements=1, mlp_rows=rows + 1)
+        monkeypatch.setattr(gpt, "BLOCKS_RECOMPUTE", recompute_blocks)
         assert_same(run(make_model(), 1, ids, ids), reference)
         recomputing = make_model()
         recomputing.recompute_activations = True
         assert_same(run(recomputing, 1, ids, ids), reference)
-        assert all(block.mlp.block_rows == rows + 1 for block in recomputing.h)
+        for block in recomputing.h:
+            assert block.mlp.blocks is block.attn.blocks is recompute_blocks
