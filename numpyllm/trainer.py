@@ -91,6 +91,13 @@ class Trainer:
         if not isinstance(args, TrainingArguments):
             raise TypeError(f"args must be a TrainingArguments, got {type(args).__name__}")
         model_type_of(model)  # fail now, not at the first checkpoint, for a model we cannot save
+        if args.gradient_checkpointing:
+            if not hasattr(model, "recompute_activations"):
+                raise ValueError(
+                    f"gradient_checkpointing: {type(model).__name__} cannot recompute its "
+                    "activations (GPT can)"
+                )
+            model.recompute_activations = True
         self.model = model
         self.args = args
         self.tokenizer = tokenizer

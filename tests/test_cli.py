@@ -246,6 +246,7 @@ def test_finetune_continues_training_on_new_text(trained, workdir):
         "--warmup-steps",
         "0",
         "--disable-tqdm",
+        "--gradient-checkpointing",  # the memory setting: same maths, recomputed activations
         cache=workdir / "cache",
     )
     assert result.returncode == 0, result.stderr
@@ -255,6 +256,7 @@ def test_finetune_continues_training_on_new_text(trained, workdir):
     assert (target / "checkpoint-15" / "model.safetensors").is_file()
     state = json.loads((target / "checkpoint-15" / "trainer_state.json").read_text())
     assert state["global_step"] == 15
+    assert state["args"]["gradient_checkpointing"] is True
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workdir):
@@ -336,7 +338,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workdir):
                 "default: 1500",
             ],
         ),
-        (["finetune"], ["CHECKPOINT", "--data", "--learning-rate", "--max-steps"]),
+        (
+            ["finetune"],
+            ["CHECKPOINT", "--data", "--learning-rate", "--max-steps", "--gradient-checkpointing"],
+        ),
         (["eval"], ["CHECKPOINT", "--data", "--split", "perplexity"]),
         (
             ["generate"],

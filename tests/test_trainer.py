@@ -402,6 +402,35 @@ def test_argument_defaults(tmp_path):
         Trainer(tiny_gpt(), make_args(tmp_path, max_steps=5, warmup_steps=6), toy_dataset())
 
 
+def test_gradient_checkpointing_recomputes_and_trains_the_same(tmp_path):
+    """gradient_checkpointing turns on GPT's recompute_activations; the run is the same one,
+    dropout masks included (the recomputed forward replays them)."""
+    runs = {}
+    for checkpointing in (False, True):
+        model = tiny_gpt(dropout=0.2, seed=3)
+        args = make_args(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
+        trainer = Trainer(model, args, train_dataset=toy_dataset())
+        assert model.recompute_activations is checkpointing
+        trainer.train()
+        losses = [e["loss"] for e in read_metrics(tmp_path / str(checkpointing)) if "loss" in e]
+        runs[checkpointing] = (losses, params_of(model))
+    (losses, params), (losses_cp, params_cp) = runs[False], runs[True]
+    assert len(losses) == 12
+    np.testing.assert_allclose(losses_cp, losses, rtol=1e-5)
+    for name in params:
+        np.testing.assert_allclose(params_cp[name], params[name], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_needs_a_model_that_recomputes(tmp_path):
+    from numpyllm.models.simple_nn import SimpleNN
+
+    data = ArrayBatches({"x": np.zeros((8, 2), np.float32), "labels": np.zeros(8, np.int64)})
+    with pytest.raises(ValueError, match="SimpleNN cannot recompute"):
+        Trainer(SimpleNN(2, 8), make_args(tmp_path, gradient_checkpointing=True), data)
+    with pytest.raises(ValueError, match="gradient_checkpointing must be True or False"):
+        make_args(tmp_path, gradient_checkpointing="yes")
+
+
 def test_model_without_labels_is_a_clear_error(tmp_path):
     ids = np.zeros((4, 8), dtype=np.int64)
     trainer = Trainer(tiny_gpt(), make_args(tmp_path), {"input_ids": ids})

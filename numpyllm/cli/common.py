@@ -44,6 +44,7 @@ TRAINING_FIELDS = (
     "seed",
     "resume_from_checkpoint",
     "disable_tqdm",
+    "gradient_checkpointing",
 )
 
 
@@ -330,6 +331,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
         help="delete the checkpoints an earlier run left in --output-dir and start afresh",
     )
     add("--disable-tqdm", action="store_true", help="no progress bar")
+    add(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each block's activations in the backward (GPT): about half the "
+        "training memory, for about a third more arithmetic",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
