@@ -166,7 +166,7 @@ def rms_norm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.nd
     return dx.reshape(x.shape), dweight.astype(param_dtype, copy=False)
 
 
-def _layer_norm_output(cache: tuple, bias: np.ndarray) -> np.ndarray:
+def layer_norm_output(cache: tuple, bias: np.ndarray) -> np.ndarray:
     """y = (x - μ) r w + b again, from a ``layer_norm_forward`` cache and the bias.
 
     The same operations in the same order as the forward, so bit for bit the forward's y:

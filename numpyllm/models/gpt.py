@@ -32,7 +32,6 @@ import numpy as np
 from numpyllm.functional.attention import attention_backward, attention_forward
 from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
-from numpyllm.functional.norms import _layer_norm_output
 from numpyllm.models import checks
 from numpyllm.models.gpt_decoding import GPTDecoder
 from numpyllm.models.output import ModelOutput
@@ -195,7 +194,7 @@ class CausalSelfAttention(Module):
             dqkv_heads[0, rows] = dq  # each (b, H, T, dh)
             dqkv_heads[1, rows] = dk
             dqkv_heads[2, rows] = dv
-        return _linear_backward(self.c_attn, dqkv, _norm_output(norm))  # (B, T, 3d) -> (B, T, d)
+        return _linear_backward(self.c_attn, dqkv, norm.output())  # (B, T, 3d) -> (B, T, d)
 
 
 def _attention_row_blocks(batch: int, elements: int, per_row: int) -> list[slice]:
@@ -267,7 +266,7 @@ class MLP(Module):
         d_ff = pre.shape[-1]
         pre2 = pre.reshape(-1, d_ff)  # (N, d_ff)
         dout2 = dout.reshape(-1, dout.shape[-1])  # (N, d)
-        x2 = _norm_output(norm).reshape(dout2.shape)  # (N, d)
+        x2 = norm.output().reshape(dout2.shape)  # (N, d)
         dx = np.empty_like(x2)
         for r in _row_blocks(len(pre2), self.blocks.mlp_rows):
             hidden, act_cache = self.act_forward(pre2[r])  # (rows, d_ff) again, and its cache
@@ -808,12 +807,6 @@ class GPT(Module):
         from numpyllm.hf import save_gpt2
 
         save_gpt2(self, path)
-
-
-def _norm_output(norm: LayerNorm) -> np.ndarray:
-    """The output of ``norm``'s last forward, rebuilt from its cache: the projection that read
-    it keeps no copy (a (B, T, d) array per LayerNorm saved until the backward)."""
-    return _layer_norm_output(norm._cache, norm.bias.data)
 
 
 def _linear_backward(linear: Linear, dout: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from numpyllm.functional.dropout import dropout_backward, dropout_forward
 from numpyllm.functional.norms import (
     layer_norm_backward,
     layer_norm_forward,
+    layer_norm_output,
     rms_norm_backward,
     rms_norm_forward,
 )
@@ -28,6 +29,13 @@ class LayerNorm(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
         return out
+
+    def output(self) -> np.ndarray:
+        """The last forward's output again, rebuilt bit for bit from the cache: a module that
+        reads it in its backward need not keep its own copy."""
+        if self._cache is None:
+            raise RuntimeError("LayerNorm.output needs a forward first (and before backward)")
+        return layer_norm_output(self._cache, self.bias.data)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         dx, dweight, dbias = layer_norm_backward(dout, self._cache)

@@ -9,6 +9,7 @@ from numpyllm.functional.norms import (
     layer_norm_backward,
     layer_norm_forward,
     layer_norm_inference,
+    layer_norm_output,
     rms_norm_backward,
     rms_norm_forward,
 )
@@ -196,6 +197,9 @@ def test_layer_norm_inference_is_the_forwards_output(lead, d, dtype, seed, eps):
     assert y.shape == x.shape and y.dtype == dtype
     assert np.array_equal(y, expected)
     assert np.array_equal(x, x_before)  # x is not normalised in place
+    # and the output rebuilt from a cache (what GPT's backward reads) is the same bits
+    _, cache = layer_norm_forward(x, w, b, eps)
+    assert np.array_equal(layer_norm_output(cache, b), expected)
     if dtype == np.float64:
         np.testing.assert_allclose(y, layer_norm_reference(x, w, b, eps), rtol=1e-12, atol=1e-12)
 
@@ -205,3 +209,19 @@ def test_layer_norm_inference_accepts_a_strided_view():
     view = x[:, -1]  # (5, 6), not contiguous: the decoder normalises its last position so
     w, b = np.linspace(0.5, 1.5, 6), np.linspace(-1, 1, 6)
     assert np.array_equal(layer_norm_inference(view, w, b, 1e-5), layer_norm_forward(view, w, b)[0])
+
+
+def test_layer_norm_module_output_is_its_forwards_output():
+    from numpyllm.nn.norms import LayerNorm
+
+    norm = LayerNorm(6)
+    norm.weight.data[:] = np.linspace(0.5, 1.5, 6)
+    norm.bias.data[:] = np.linspace(-1, 1, 6)
+    with pytest.raises(RuntimeError, match="needs a forward first"):
+        norm.output()
+    x = np.random.default_rng(1).standard_normal((2, 3, 6)).astype(np.float32)
+    y = norm(x)
+    assert np.array_equal(norm.output(), y)
+    norm.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="needs a forward first"):
+        norm.output()
