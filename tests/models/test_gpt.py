@@ -13,6 +13,7 @@ from numpyllm.gradcheck import gradcheck_model, numerical_gradient
 from numpyllm.models.gpt import GPT, GPTConfig
 from numpyllm.nn.norms import Dropout
 from numpyllm.optim import AdamW
+from tests.models.strategies import small_gpt_configs
 
 GRAD_TOL = 1e-6
 
@@ -39,21 +40,6 @@ def float64_model(seed: int = 0, **overrides) -> GPT:
     model = GPT(tiny_config(**overrides), rng=np.random.default_rng(seed))
     model.astype(np.float64)
     return randomized(model, np.random.default_rng(seed + 1))
-
-
-@st.composite
-def small_configs(draw) -> GPTConfig:
-    n_head = draw(st.integers(1, 3))
-    return GPTConfig(
-        vocab_size=draw(st.integers(2, 17)),
-        n_layer=draw(st.integers(1, 2)),
-        n_head=n_head,
-        d_model=n_head * draw(st.integers(1, 4)),
-        max_seq_len=draw(st.integers(3, 9)),
-        dropout=0.0,
-        activation=draw(st.sampled_from(["gelu_new", "gelu", "relu"])),
-        init_std=0.3,
-    )
 
 
 def left_padding_mask(lengths: list[int], total: int) -> np.ndarray:
@@ -333,7 +319,7 @@ def test_gradients_accumulate():
 
 
 # ---- properties ------------------------------------------------------------------------
-@given(config=small_configs(), seed=st.integers(0, 2**16), data=st.data())
+@given(config=small_gpt_configs(), seed=st.integers(0, 2**16), data=st.data())
 def test_causality(config, seed, data):
     """Logits up to t do not depend on tokens after t."""
     model = GPT(config, rng=np.random.default_rng(seed)).astype(np.float64)
@@ -347,7 +333,7 @@ def test_causality(config, seed, data):
     np.testing.assert_allclose(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-12)
 
 
-@given(config=small_configs(), seed=st.integers(0, 2**16), data=st.data())
+@given(config=small_gpt_configs(), seed=st.integers(0, 2**16), data=st.data())
 def test_padded_tokens_are_invisible(config, seed, data):
     """Changing the ids under attention_mask == 0 leaves the logits of real tokens unchanged."""
     model = GPT(config, rng=np.random.default_rng(seed)).astype(np.float64)
@@ -364,7 +350,7 @@ def test_padded_tokens_are_invisible(config, seed, data):
     assert np.all(np.isfinite(a))
 
 
-@given(config=small_configs(), seed=st.integers(0, 2**16), data=st.data())
+@given(config=small_gpt_configs(), seed=st.integers(0, 2**16), data=st.data())
 def test_batch_independence(config, seed, data):
     model = GPT(config, rng=np.random.default_rng(seed)).astype(np.float64)
     rng = np.random.default_rng(seed + 2)

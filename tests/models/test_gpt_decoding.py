@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from numpyllm.models import gpt_decoding
 from numpyllm.models.gpt import GPT, GPTConfig
 from numpyllm.models.gpt_decoding import GPTDecoder
+from tests.models.strategies import small_gpt_configs
 
 F64_TOL = dict(rtol=1e-10, atol=1e-10)
 F32_TOL = dict(rtol=1e-5, atol=1e-5)
@@ -48,24 +49,12 @@ def last_logits(model: GPT, ids: np.ndarray) -> np.ndarray:
 
 
 @st.composite
-def small_configs(draw) -> GPTConfig:
-    n_head = draw(st.integers(1, 2))
-    return GPTConfig(
-        vocab_size=draw(st.integers(5, 20)),
-        n_layer=draw(st.integers(1, 2)),
-        n_head=n_head,
-        d_model=n_head * draw(st.integers(2, 4)),
-        max_seq_len=draw(st.integers(4, 12)),
-        dropout=0.0,
-        activation=draw(st.sampled_from(["gelu_new", "gelu", "relu"])),
-    )
-
-
-@st.composite
 def decoding_cases(draw) -> dict:
     """A config, a seed, ids (B, L), the decoder's max_len >= L and the chunk ends: the
     sequence is fed as ids[:, 0:ends[0]], ids[:, ends[0]:ends[1]], ..., ends[-1] == L."""
-    config = draw(small_configs())
+    config = draw(
+        small_gpt_configs(vocab=(5, 20), max_seq_len=(4, 12), heads=(1, 2), head_dim=(2, 4))
+    )
     length = draw(st.integers(1, config.max_seq_len))
     max_len = draw(st.integers(length, config.max_seq_len))
     batch = draw(st.integers(1, 3))
