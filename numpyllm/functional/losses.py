@@ -76,7 +76,7 @@ def cross_entropy_forward(
     rows = np.arange(len(t))
     safe_t = np.where(valid, t, 0)  # (N,) any in-range class for ignored rows
 
-    e = z - z.max(axis=1, keepdims=True)  # (N, V) shifted logits, <= 0
+    e = z - z.max(axis=1, keepdims=True, initial=-np.inf)  # (N, V) shifted logits, <= 0
     target_logit = e[rows, safe_t]  # (N,) z_pt - m_p
     np.exp(e, out=e)
     sums = e.sum(axis=1)  # (N,) each >= 1 (pairwise summation: accurate for large V)
