@@ -14,7 +14,8 @@ import numpy as np
 
 from numpyllm.cli import common
 
-# The defaults: about five minutes on two CPU cores for the built-in corpus.
+# The defaults: about a minute and a half on two CPU cores for the built-in corpus (measured:
+# 1 min 33 s for 1500 steps, 26 epochs of its 116k tokens).
 DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/gpt",
     "max_steps": 1500,
@@ -41,7 +42,7 @@ token occurs (a model that learnt anything about context beats it).
 
 With no arguments: a 1.1M-parameter GPT (--preset small) with a 2048-token BPE
 vocabulary learns Python's own help pages (the built-in corpus, ~465k characters),
-in about five minutes on two CPU cores.
+in about a minute and a half on two CPU cores.
 
 Ctrl-C stops training cleanly: a checkpoint is saved, and
 --resume-from-checkpoint continues exactly where it stopped.
