@@ -77,6 +77,7 @@ from numpyllm.functional.losses import (
 )
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
+from numpyllm.models.split import backward_in_parts, forward_in_parts, split_parts
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.blas import limit_small_passes
@@ -260,6 +261,8 @@ class BERT(Module):
         self.classifier_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.classifier = Linear(d, config.num_labels, rng=rng, std=std)
         self._cache = None
+        self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
+        self._replicas: list[BERT] = []  # one per extra thread, made on first use
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
@@ -347,9 +350,13 @@ class BERT(Module):
         raise TypeError(f"classification labels must be integers or floats, got {labels.dtype}")
 
     # ---- forward / backward ----------------------------------------------------------
-    # BLAS threads in forward/backward: "auto" runs small passes on one thread (see
-    # numpyllm.nn.blas), an int or None sets it.
+    # BLAS threads in an unsplit forward/backward: "auto" runs small passes on one thread
+    # (see numpyllm.nn.blas), an int or None sets it.
     blas_threads: int | None | str = "auto"
+    # A batch of B >= 2 rows is split in min(num_threads, B) parts computed at once, one
+    # thread each (numpyllm.models.split); "auto" = the cores this process may use, for
+    # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel).
+    num_threads: int | str = "auto"
 
     @limit_small_passes
     def forward(
@@ -373,9 +380,36 @@ class BERT(Module):
         B, T = ids.shape
         types = self._check_token_types(token_type_ids, (B, T))
         mask = self._key_mask(attention_mask, (B, T))
+        counts = None
         if labels is not None and head == "mlm":
             labels = self._check_mlm_labels(labels, (B, T))
+        elif labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape[:1] != (B,):  # the rest is checked with the logits
+                raise ValueError(
+                    f"classification labels must have one row per input row: shape ({B},) "
+                    f"for class ids or regression, ({B}, num_labels) for multi-label; got "
+                    f"{labels.shape}"
+                )
+        self._cache = self._parts = None
+        parts = split_parts(self, B, B * T)
+        if len(parts) > 1:
+            if labels is not None:  # mlm: a mean over scored tokens; classification: over rows
+                scored = labels != IGNORE_INDEX if head == "mlm" else np.ones(B, dtype=bool)
+                counts = [int(np.count_nonzero(scored[rows])) for rows in parts]
+            inputs = {"ids": ids, "labels": labels, "mask": mask, "types": types}
+            return forward_in_parts(self, parts, inputs, counts, head=head)
+        return self._forward(ids, labels, mask, types, head)
 
+    def _forward(
+        self,
+        ids: np.ndarray,
+        labels: np.ndarray | None,
+        mask: np.ndarray | None,
+        types: np.ndarray | None,
+        head: str,
+    ) -> ModelOutput:
+        """The forward on checked inputs (see ``forward``)."""
         x = self.embeddings(ids, types)  # (B, T) -> (B, T, d)
         for layer in self.encoder:
             x = layer(x, mask=mask)  # (B, T, d)
@@ -420,6 +454,13 @@ class BERT(Module):
             dx_L[:, 0] = dz W_pool^T and dx_L[:, 1:] = 0.
         Then back through the blocks in reverse and into the embedding tables.
         """
+        if self._parts is not None:
+            backward_in_parts(self, dlogits)
+        else:
+            self._backward(dlogits)
+
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
+        """``backward`` of an unsplit forward, from ``dlogits`` or from dloss * the loss."""
         cache = self._cache
         if cache is None:
             raise RuntimeError("BERT.backward called without a preceding forward (or twice)")
@@ -430,7 +471,7 @@ class BERT(Module):
                     "BERT.backward needs a loss: call the model with labels=..., "
                     "or pass dlogits=..."
                 )
-            dlogits = self._dloss_to_dlogits(cache["head"], loss_cache)
+            dlogits = self._dloss_to_dlogits(cache["head"], loss_cache, dloss)
         else:
             dlogits = np.asarray(dlogits)
             if dlogits.shape != cache["logits_shape"]:
@@ -458,15 +499,15 @@ class BERT(Module):
         self.embeddings.backward(dx)
 
     @staticmethod
-    def _dloss_to_dlogits(head: str, loss_cache) -> np.ndarray:
+    def _dloss_to_dlogits(head: str, loss_cache, dloss: float) -> np.ndarray:
         if head == "mlm":
-            return cross_entropy_backward(1.0, loss_cache)  # (B, T, V)
+            return cross_entropy_backward(dloss, loss_cache)  # (B, T, V)
         kind, cache = loss_cache
         if kind == "regression":
-            return mse_backward(1.0, cache)  # (B, 1)
+            return mse_backward(dloss, cache)  # (B, 1)
         if kind == "multi":
-            return bce_with_logits_backward(1.0, cache)  # (B, C)
-        return cross_entropy_backward(1.0, cache)  # (B, C)
+            return bce_with_logits_backward(dloss, cache)  # (B, C)
+        return cross_entropy_backward(dloss, cache)  # (B, C)
 
     # ---- masked-LM data ----------------------------------------------------------------
     @staticmethod

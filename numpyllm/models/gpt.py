@@ -43,8 +43,8 @@ from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import Dropout, LayerNorm
 from numpyllm.nn.parallel import (
     add_replica_gradients,
-    available_cores,
     batch_slices,
+    part_count,
     replicate,
     run_parts,
     sync_replica,
@@ -369,8 +369,9 @@ class GPT(Module):
 
     ``num_threads``: a batch of B >= 2 rows is split in min(num_threads, B) parts computed
     at once on as many threads, each with one BLAS thread (``numpyllm.nn.parallel``);
-    "auto" (the default) is the number of cores this process may use, 1 turns it off.
-    Generation (``use_cache``) is never split.
+    "auto" (the default) is the number of cores this process may use, for passes of at
+    least ``MIN_SPLIT_WORK`` tokens * d_model; 1 turns it off. Generation (``use_cache``)
+    is never split.
 
     ``recompute_activations``: each block keeps only its input and recomputes its forward
     in the backward (see ``Block.forward``): activation memory falls from about ten
@@ -533,7 +534,8 @@ class GPT(Module):
         targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
         self._cache = self._parts = None
         cached = use_cache or past_key_values is not None  # inference with a KV cache
-        parts = batch_slices(B, 1 if cached else self._thread_count())
+        threads = 1 if cached else part_count(self.num_threads, B * T, self.config.d_model)
+        parts = batch_slices(B, threads)
         if len(parts) > 1:
             with blas_threads(1):  # one BLAS thread per part: the parts fill the cores
                 return self._forward_parts(ids, targets, mask, parts)
@@ -551,10 +553,6 @@ class GPT(Module):
         threads = None if cache is None else self._threads_for(*cache["hidden"].shape[:2])
         with blas_threads(threads):
             self._backward(dlogits)
-
-    def _thread_count(self) -> int:
-        n = self.num_threads
-        return available_cores() if n == "auto" else int(n)
 
     def _forward_parts(
         self,
@@ -589,7 +587,11 @@ class GPT(Module):
                 logits_out=logits[rows],
             )
 
-        outs = run_parts([part(m, rows) for m, rows in zip(models, parts)])
+        try:
+            outs = run_parts([part(m, rows) for m, rows in zip(models, parts)])
+        except BaseException:
+            self._cache = None  # the first part's, which succeeded: not the batch's forward
+            raise
         loss = weights = None
         if targets is not None:
             counts = [int(np.count_nonzero(targets[rows] != IGNORE_INDEX)) for rows in parts]

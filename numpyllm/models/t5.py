@@ -115,6 +115,7 @@ from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
+from numpyllm.models.split import backward_in_parts, forward_in_parts, split_parts
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.blas import limit_small_passes
@@ -398,6 +399,8 @@ class T5(Module):
         else:
             self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, rng=rng, std=f)
         self._state: dict | None = None
+        self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
+        self._replicas: list[T5] = []  # one per extra thread, made on first use
 
     # ---- input checks ----------------------------------------------------------------
     def _check_ids(self, name: str, ids) -> np.ndarray:
@@ -452,9 +455,14 @@ class T5(Module):
     def _embed(self, ids: np.ndarray) -> tuple[np.ndarray, tuple]:
         return embedding_forward(ids, self.shared.weight.data)  # (B, T) -> (B, T, d)
 
-    # BLAS threads in encode/forward/backward: "auto" runs small passes on one thread (see
-    # numpyllm.nn.blas), an int or None sets it.
+    # BLAS threads in encode and an unsplit forward/backward: "auto" runs small passes on one
+    # thread (see numpyllm.nn.blas), an int or None sets it.
     blas_threads: int | None | str = "auto"
+    # A training batch of B >= 2 rows is split in min(num_threads, B) parts computed at once,
+    # one thread each (numpyllm.models.split); "auto" = the cores this process may use, for
+    # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel). A
+    # forward with past_key_values or use_cache (generation) is never split.
+    num_threads: int | str = "auto"
 
     @limit_small_passes
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
@@ -491,19 +499,18 @@ class T5(Module):
         the module docstring (inference only).
         """
         cfg = self.config
-        self._state = None
-        enc_emb_cache = None
+        self._state = self._parts = None
+        ids = enc = None
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("T5 needs input_ids, or encoder_outputs from encode()")
             ids = self._check_ids("input_ids", input_ids)
             enc_mask = self._check_mask("attention_mask", attention_mask, ids.shape)
-            enc_emb, enc_emb_cache = self._embed(ids)  # (B, T, d)
-            enc, _ = self.encoder(enc_emb, mask=enc_mask)  # (B, T, d)
+            batch = ids.shape[0]
         else:
             enc = self._check_encoder_outputs(encoder_outputs)
             enc_mask = self._check_mask("attention_mask", attention_mask, enc.shape[:2])
-        batch = enc.shape[0]
+            batch = enc.shape[0]
 
         if labels is not None:
             labels = self._check_labels(labels)
@@ -528,6 +535,37 @@ class T5(Module):
             decoder_attention_mask,
             (batch, past_length + dec_ids.shape[1]),
         )
+        # the pass's size for the split: its longer stack's (each op sees one stack's rows)
+        tokens = batch * max(dec_ids.shape[1], 0 if ids is None else ids.shape[1])
+        parts = [slice(0, batch)] if cached else split_parts(self, batch, tokens)
+        if len(parts) > 1:
+            counts = None
+            if labels is not None:  # the loss is a mean over the scored target tokens
+                counts = [int(np.count_nonzero(labels[rows] != IGNORE_INDEX)) for rows in parts]
+            inputs = {"ids": ids, "enc": enc, "enc_mask": enc_mask, "dec_ids": dec_ids,
+                      "dec_mask": dec_mask, "labels": labels}  # fmt: skip
+            return forward_in_parts(self, parts, inputs, counts)
+        return self._forward(ids, enc, enc_mask, dec_ids, dec_mask, labels, past, use_cache)
+
+    def _forward(
+        self,
+        ids: np.ndarray | None,
+        enc: np.ndarray | None,
+        enc_mask: np.ndarray | None,
+        dec_ids: np.ndarray,
+        dec_mask: np.ndarray | None,
+        labels: np.ndarray | None,
+        past: tuple | None = None,
+        use_cache: bool = False,
+    ) -> ModelOutput:
+        """The forward on checked inputs (see ``forward``): the encoder runs on ``ids``
+        unless its output ``enc`` is given."""
+        cfg = self.config
+        cached = use_cache or past is not None
+        enc_emb_cache = None
+        if enc is None:
+            enc_emb, enc_emb_cache = self._embed(ids)  # (B, T, d)
+            enc, _ = self.encoder(enc_emb, mask=enc_mask)  # (B, T, d)
 
         dec_emb, dec_emb_cache = self._embed(dec_ids)  # (B, S, d)
         h, presents = self.decoder(
@@ -573,6 +611,13 @@ class T5(Module):
         When the last forward was given ``encoder_outputs``, the gradient stops at the
         encoder output (the encoder did not run in that call).
         """
+        if self._parts is not None:
+            backward_in_parts(self, dlogits)
+        else:
+            self._backward(dlogits)
+
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
+        """``backward`` of an unsplit forward, from ``dlogits`` or from dloss * the loss."""
         state = self._state
         if state is None:
             raise RuntimeError("T5.backward needs a forward call first (one backward per forward)")
@@ -587,7 +632,7 @@ class T5(Module):
                     "T5.backward: the last forward had no labels, so there is no loss; "
                     "pass labels or give dlogits"
                 )
-            dlogits = cross_entropy_backward(1.0, state["loss_cache"])  # (B, S, V)
+            dlogits = cross_entropy_backward(dloss, state["loss_cache"])  # (B, S, V)
         elif dlogits.shape != state["logits_shape"]:
             raise ValueError(
                 f"dlogits must have the logits' shape {state['logits_shape']}, got {dlogits.shape}"

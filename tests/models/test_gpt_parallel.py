@@ -135,11 +135,18 @@ def test_split_loss_is_the_token_weighted_mean_not_the_mean_of_parts():
     assert abs(split - np.mean(halves)) > 1e-6
 
 
-def test_auto_uses_the_available_cores():
+def test_auto_uses_the_available_cores_for_a_large_enough_pass(monkeypatch):
+    from numpyllm.nn import parallel
+
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(4, 6))
     model = make_model()
     reference = run(model, 1, ids, ids)
     assert GPT.num_threads == "auto"
+    work = ids.size * model.config.d_model
+    monkeypatch.setattr(parallel, "MIN_SPLIT_WORK", work + 1)  # too small a pass: one part
+    assert_same(run(model, "auto", ids, ids), reference)
+    assert model._replicas == []
+    monkeypatch.setattr(parallel, "MIN_SPLIT_WORK", work)
     assert_same(run(model, "auto", ids, ids), reference)
     assert len(model._replicas) == min(available_cores(), 4) - 1
 
@@ -385,3 +392,22 @@ def test_attention_and_mlp_in_blocks_of_rows_match_one_block(monkeypatch):
         assert_same(run(recomputing, 1, ids, ids), reference)
         for block in recomputing.h:
             assert block.mlp.blocks is block.attn.blocks is recompute_blocks
+
+
+def test_backward_after_a_failed_split_forward_raises(monkeypatch):
+    """A part that raises leaves no forward to go back through, as with one thread: the
+    first part's own state is dropped, not taken for the batch's."""
+    ids = np.random.default_rng(3).integers(0, VOCAB, size=(4, 5))
+    model = make_model()
+    run(model, 2, ids, ids)  # makes the replica
+
+    def boom(*args, **kwargs):
+        raise ArithmeticError("a part failed")
+
+    monkeypatch.setattr(model._replicas[0], "_forward", boom)
+    model.zero_grad()
+    with pytest.raises(ArithmeticError, match="a part failed"):
+        model(ids, labels=ids)
+    with pytest.raises(RuntimeError, match="without a preceding forward"):
+        model.backward()
+    assert all(not np.any(p.grad) for p in model.parameters())

@@ -517,8 +517,9 @@ def test_encoder_outputs_skip_the_encoder_and_the_gradient_stops_there():
     enc = model.encode(ids, mask)
     model.zero_grad()
     decoder_only = model(labels=labels, encoder_outputs=enc, attention_mask=mask)
-    np.testing.assert_array_equal(decoder_only.logits, whole.logits)
-    assert decoder_only.loss == whole.loss
+    # equal up to rounding: a training forward splits its batch over the cores, encode does not
+    np.testing.assert_allclose(decoder_only.logits, whole.logits, rtol=1e-12, atol=1e-12)
+    assert decoder_only.loss == pytest.approx(whole.loss, rel=1e-12)
     model.backward()
     for name, p in model.named_parameters():
         assert np.any(p.grad != 0) == (not name.startswith("encoder.")), name

@@ -368,3 +368,14 @@ def test_add_replica_gradients_sums_in_place_and_frees():
         np.testing.assert_allclose(p.grad, want, rtol=1e-15)
         assert p.grad is grad  # in place: views held by an optimizer stay valid
         assert r.grad is None
+
+
+def test_part_count_follows_the_setting_and_the_size_of_the_pass(monkeypatch):
+    from numpyllm.nn import parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 3)
+    assert parallel.part_count(5, 1, 1) == 5  # an explicit count is used whatever the size
+    assert parallel.part_count(1, 10**6, 512) == 1
+    small = parallel.MIN_SPLIT_WORK // 64 - 1
+    assert parallel.part_count("auto", small, 64) == 1  # below MIN_SPLIT_WORK: not split
+    assert parallel.part_count("auto", small + 1, 64) == 3
