@@ -45,9 +45,8 @@ from numpyllm.nn.parallel import (
     add_replica_gradients,
     batch_slices,
     part_count,
-    replicate,
     run_parts,
-    sync_replica,
+    synced_replicas,
     zero_replica_gradients,
 )
 
@@ -568,13 +567,8 @@ class GPT(Module):
         The loss is the token-weighted mean of the parts' losses, L = sum_i (n_i / n) L_i,
         so ``_backward_parts`` starts part i from dL/dL_i = n_i / n.
         """
-        while len(self._replicas) < len(parts) - 1:
-            replica = replicate(self)
-            object.__setattr__(replica, "_replicas", [])
-            self._replicas.append(replica)
-        models = [self, *self._replicas[: len(parts) - 1]]
+        models = [self, *synced_replicas(self, len(parts) - 1)]
         for replica in models[1:]:
-            sync_replica(self, replica)
             object.__setattr__(replica, "recompute_activations", self.recompute_activations)
         B, T = ids.shape
         logits = np.empty((B, T, self.config.vocab_size), dtype=self.wte.weight.data.dtype)

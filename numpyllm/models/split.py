@@ -28,9 +28,8 @@ from numpyllm.nn.parallel import (
     add_replica_gradients,
     batch_slices,
     part_count,
-    replicate,
     run_parts,
-    sync_replica,
+    synced_replicas,
     zero_replica_gradients,
 )
 
@@ -53,13 +52,7 @@ def forward_in_parts(
     """``model._forward(**inputs[rows], **settings)`` for each part at once; the parts'
     outputs joined along the batch axis, and the loss weighted by ``counts`` (each part's
     number of scored items). ``inputs`` are arrays with the batch first (or None)."""
-    while len(model._replicas) < len(parts) - 1:
-        replica = replicate(model)
-        object.__setattr__(replica, "_replicas", [])
-        model._replicas.append(replica)
-    models = [model, *model._replicas[: len(parts) - 1]]
-    for replica in models[1:]:
-        sync_replica(model, replica)
+    models = [model, *synced_replicas(model, len(parts) - 1)]
 
     def part(m: Module, rows: slice):
         sliced = {name: None if a is None else a[rows] for name, a in inputs.items()}

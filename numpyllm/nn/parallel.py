@@ -144,6 +144,19 @@ def sync_replica(module: Module, replica: Module) -> None:
             object.__setattr__(r, "rng", np.random.default_rng(rng.integers(2**63)))
 
 
+def synced_replicas(module: Module, count: int) -> list[Module]:
+    """``count`` replicas of ``module``, made on first use and kept in its ``_replicas`` list,
+    each synced to it (``sync_replica``) for the pass about to run."""
+    while len(module._replicas) < count:
+        replica = replicate(module)
+        object.__setattr__(replica, "_replicas", [])  # not the module's list: a replica has none
+        module._replicas.append(replica)
+    replicas = module._replicas[:count]
+    for replica in replicas:
+        sync_replica(module, replica)
+    return replicas
+
+
 def zero_replica_gradients(replica: Module) -> None:
     """Fresh zero gradients for a replica's backward (freed again by ``add_replica_gradients``,
     so a replica holds no gradient memory between steps)."""
