@@ -84,7 +84,7 @@ def backward_in_parts(model: Module, dlogits: np.ndarray | None) -> None:
     if model._parts is FAILED:  # and it stays so until the next forward
         raise RuntimeError(
             f"{type(model).__name__}.backward: the last forward failed, so there is nothing "
-            "to go back through (or twice)"
+            "to go back through; run a forward again"
         )
     models, parts, weights, logits_shape = model._parts
     if dlogits is not None:
