@@ -13,6 +13,8 @@ import platform
 import sys
 import time
 
+import numpy as np
+
 SECTIONS = ("ops", "train", "generate", "memory")
 
 
@@ -37,21 +39,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.configs and not args.quick:
         configs = {name: common.CONFIGS[name] for name in args.configs.split(",")}
 
+    cpu = common.cpu_info()
+    kernels = common.blas_kernels(limits)
     meta = {
         "argv": sys.argv,
         "python": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": common.describe_machine(cpu, kernels),
+        "cpu": cpu,
+        "blas_kernel": kernels,
         "cpus": os.cpu_count(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
         "rounds": rounds,
         **{k: v for k, v in limits.items() if not k.startswith("_")},
     }
-    meta["sgemm_peak_gflops"] = common.sgemm_peak(args.threads, n=256 if args.quick else 1024)
+    n = 256 if args.quick else 1024
+    meta["sgemm_peak_gflops"] = common.sgemm_peak(args.threads, n=n)
+    meta["sgemm_peak_gflops_one_thread"] = common.sgemm_peak(1, n=n)
     print(
-        f"# numpyllm benchmarks  threads={args.threads}  sgemm peak "
-        f"{meta['sgemm_peak_gflops']:.0f} GFLOP/s  BLAS kernel "
-        f"{[p.get('architecture') for p in meta.get('pools', []) if p.get('architecture')]}",
+        f"# numpyllm benchmarks on {meta['machine']}\n"
+        f"# threads={args.threads}  sgemm peak {meta['sgemm_peak_gflops']:.0f} GFLOP/s "
+        f"({meta['sgemm_peak_gflops_one_thread']:.0f} on one thread)  numpy {np.__version__}"
+        f"  torch {meta.get('torch', 'not installed')}",
         flush=True,
     )
 
@@ -65,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         elif section == "train":
             from benchmarks import train
 
-            peak = meta["sgemm_peak_gflops"]
-            rows += train.run(configs, args.threads, rounds, peak, 0.01 if args.quick else 0.25)
+            peaks = (meta["sgemm_peak_gflops"], meta["sgemm_peak_gflops_one_thread"])
+            rows += train.run(configs, args.threads, rounds, peaks, 0.01 if args.quick else 0.25)
         elif section == "generate":
             from benchmarks import generate
 

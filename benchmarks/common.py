@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -80,6 +82,57 @@ def limit_threads(n: int) -> dict:
         ]
     info["numpy"] = np.__version__
     return info
+
+
+def cpu_info() -> dict:
+    """The CPU the benchmark runs on: its model name, vendor, family and model numbers, the
+    vector extensions that decide which kernels NumPy, OpenBLAS and torch pick, and the
+    cores this process may use. Results differ by CPU kind, so every report names it."""
+    info: dict = {"model_name": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().split("\n\n")[0]  # the first processor's block
+    except OSError:
+        text = ""
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
+    )
+    keys = {"model name": "model_name", "vendor_id": "vendor", "cpu family": "family"}
+    keys["model"] = "model"
+    for key, name in keys.items():
+        if fields.get(key):
+            info[name] = fields[key]
+    flags = set(fields.get("flags", "").split())
+    info["vector_extensions"] = [
+        f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+        if f in flags
+    ]  # fmt: skip
+    info["cpu_count"] = os.cpu_count()
+    try:
+        info["cores_available"] = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        info["cores_available"] = os.cpu_count()
+    return info
+
+
+def blas_kernels(limits: dict) -> list[str]:
+    """'internal_api/architecture' of each BLAS pool threadpoolctl found (e.g. 'openblas/Zen')."""
+    return [
+        f"{p.get('internal_api')}/{p.get('architecture')}"
+        for p in limits.get("pools", [])
+        if p.get("architecture")
+    ]
+
+
+def describe_machine(cpu: dict, kernels: list[str]) -> str:
+    """One line naming the CPU, its cores and the BLAS kernel, for the printed header."""
+    family = f", family {cpu['family']} model {cpu['model']}" if "family" in cpu else ""
+    cores = cpu.get("cores_available") or cpu.get("cpu_count")
+    return (
+        f"{cpu['model_name']}{family}, {cores} cores "
+        f"({' '.join(cpu.get('vector_extensions', [])) or 'no AVX'}), "
+        f"BLAS kernel {', '.join(kernels) or 'unknown'}"
+    )
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from benchmarks.common import BenchConfig, alternate, gpt_config, summary, torch_available
@@ -14,6 +16,8 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int, recompute: b
 
     model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
     model.num_threads = threads  # the same core budget as BLAS and torch
+    if threads == 1:
+        model.blas_threads = 1
     model.recompute_activations = recompute
     opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     opt.num_threads = threads
@@ -66,14 +70,36 @@ def _loss_gap(model, ids, tmodel, tids) -> float:
     return abs(ours - theirs)
 
 
+@contextlib.contextmanager
+def _one_thread(threads: int):
+    """Every side on one thread for the block: NumPy's BLAS and torch's intra-op pool."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # no BLAS thread control: BLAS keeps its own setting
+        threadpool_limits = None
+    torch = None
+    if torch_available():
+        import torch
+
+        torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1) if threadpool_limits else contextlib.nullcontext():
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)
+
+
 def run(
     configs: dict[str, BenchConfig],
     threads: int,
     rounds: int,
-    peak_gflops: float,
+    peaks: tuple[float, float],
     sample_seconds: float = 0.25,
 ) -> list:
-    """One row per config and kind (train, forward); each sample lasts >= sample_seconds."""
+    """Rows per config: train, train with recomputation, train on one thread, forward; each
+    sample lasts >= sample_seconds. ``peaks``: the sgemm peak in GFLOP/s on ``threads``
+    threads and on one."""
     rows = []
     for cfg in configs.values():
         rng = np.random.default_rng(1)
@@ -94,13 +120,19 @@ def run(
         # the same PyTorch steps.
         _, recompute_train, _ = _numpyllm_side(cfg, ids, threads, recompute=True)
         recompute_sides = {**train_sides, "numpyllm": recompute_train}
+        # Per core: numpyllm unsplit with one BLAS thread against torch on one thread, the
+        # measure of per-core efficiency that no split over the cores can hide.
+        _, one_thread_train, _ = _numpyllm_side(cfg, ids, 1)
+        one_thread_sides = {**train_sides, "numpyllm": one_thread_train}
         kinds = (
-            ("train", train_sides, ""),
-            ("train", recompute_sides, ", recompute"),
-            ("forward", forward_sides, ""),
+            ("train", train_sides, "", contextlib.nullcontext, peaks[0]),
+            ("train", recompute_sides, ", recompute", contextlib.nullcontext, peaks[0]),
+            ("train", one_thread_sides, ", one thread", lambda: _one_thread(threads), peaks[1]),
+            ("forward", forward_sides, "", contextlib.nullcontext, peaks[0]),
         )
-        for kind, sides, variant in kinds:
-            times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
+        for kind, sides, variant, limit, peak_gflops in kinds:
+            with limit():
+                times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
             values = {}
             for side, samples in times.items():
                 s = summary([tokens / t for t in samples])  # tokens/s per round

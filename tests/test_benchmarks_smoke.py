@@ -50,10 +50,17 @@ def test_quick_benchmark_writes_table_and_json(tmp_path):
     headers = [line for line in table_lines if "| numpyllm |" in line]
     assert {h.split("(")[0].strip("| ").strip() for h in headers} == SECTIONS
     assert any(line.startswith("| train quick |") for line in table_lines)
+    assert any(line.startswith("| train quick, one thread |") for line in table_lines)
     assert any(line.startswith("| multi_head_attention |") for line in table_lines)
 
     result = json.loads(out_json.read_text())
     assert result["meta"]["threads"] == 1
+    # The machine is named in the header and the JSON: results differ by CPU kind.
+    cpu = result["meta"]["cpu"]
+    assert cpu["model_name"] and cpu["cpu_count"] >= 1
+    assert cpu["model_name"] in done.stdout.splitlines()[0]
+    assert isinstance(result["meta"]["blas_kernel"], list)
+    assert _positive(result["meta"]["sgemm_peak_gflops_one_thread"])
     assert _positive(result["meta"]["sgemm_peak_gflops"])
     rows = result["rows"]
     assert {r["section"] for r in rows} == SECTIONS
