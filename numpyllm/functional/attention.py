@@ -20,14 +20,37 @@ query i may attend to key j iff j <= i + (Tk - Tq). With a KV cache the keys
 are the Tk - Tq earlier tokens followed by the Tq new ones, and this is the
 ordinary "no peeking at the future" rule for the new tokens. When Tq > Tk the
 first Tq - Tk queries see no key and output zeros.
+
+Blocked attention (memory O(T), not O(T^2)): when Tq * Tk exceeds block_size^2, the
+queries and the keys are taken ``block_size`` at a time and the softmax is computed
+online (FlashAttention). For each query block, going over the key blocks j = 1, 2, ...:
+
+    S_j   = scale * Q K_j^T + B_j                       (..., bq, bk), one block
+    m_j   = max(m_{j-1}, rowmax(S_j))                   running row maximum
+    l_j   = l_{j-1} exp(m_{j-1} - m_j) + rowsum(exp(S_j - m_j))
+    acc_j = acc_{j-1} exp(m_{j-1} - m_j) + exp(S_j - m_j) V_j
+
+and at the end out = acc / l and L = m + log l, the row log-sum-exp. Rescaling by
+exp(m_{j-1} - m_j) turns sums taken against an old maximum into sums against the new one,
+so the result is the one softmax over all keys, to rounding. Causal attention skips every
+key block that lies wholly in a query block's future (half the work) and masks only the
+blocks on the diagonal. The backward rebuilds each block's P = exp(S - L) from the stored
+L and adds that block's share into dQ, dK, dV. No (Tq x Tk) array is ever made: the
+largest temporaries are two (..., bq, bk) blocks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
+
+#: Queries and keys per block of blocked attention. A problem whose score array has at most
+#: DEFAULT_BLOCK_SIZE^2 entries per head runs as one block (the plain path). Callers that
+#: own a memory policy pass their own ``block_size``.
+DEFAULT_BLOCK_SIZE = 256
 
 
 def _causal_additive_mask(tq: int, tk: int, dtype: np.dtype) -> np.ndarray | None:
@@ -39,14 +62,21 @@ def _causal_additive_mask(tq: int, tk: int, dtype: np.dtype) -> np.ndarray | Non
     return None if tq <= 1 else _causal_table(tq, tk, dtype)
 
 
-@lru_cache(maxsize=32)
 def _causal_table(tq: int, tk: int, dtype: np.dtype) -> np.ndarray:
-    """A pure function of the shape, so it is built once per (Tq, Tk, dtype) and
-    shared; it is made read-only so a caller cannot corrupt the shared copy.
-    Adding it to S is one cheap broadcast pass (several times faster than a
-    masked ``np.copyto``).
+    """The whole (Tq, Tk) causal table: key j is blocked for query i iff j > i + (Tk - Tq)."""
+    return _band_table(tq, tk, tk - tq, dtype)
+
+
+@lru_cache(maxsize=32)
+def _band_table(rows: int, cols: int, diagonal: int, dtype: np.dtype) -> np.ndarray:
+    """(rows, cols) table of 0, and -inf where column j > row i + ``diagonal``.
+
+    A pure function of its arguments, so it is built once and shared; it is made read-only
+    so a caller cannot corrupt the shared copy. Adding it to S is one cheap broadcast pass
+    (several times faster than a masked ``np.copyto``). Blocked attention takes the piece of
+    the causal table that falls on one (query block, key block) pair from here too.
     """
-    blocked = np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)  # j > i + (Tk - Tq)
+    blocked = np.triu(np.ones((rows, cols), dtype=bool), k=diagonal + 1)  # j > i + diagonal
     table = np.where(blocked, dtype.type(-np.inf), dtype.type(0))
     table.flags.writeable = False
     return table
@@ -142,6 +172,7 @@ def attention_forward(
     mask: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     scale: float | None = None,
+    block_size: int | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """out = softmax(scale * q k^T + bias, masked) v.
 
@@ -153,6 +184,9 @@ def attention_forward(
             bias, e.g. (1, H, Tq, Tk) or (H, Tq, Tk)); a -inf entry masks like a False in mask.
             Cast to q's dtype.
     scale:  multiplies q k^T; default 1 / sqrt(d). T5 uses 1.0.
+    block_size: queries and keys per block when Tq * Tk > block_size^2 (see the module
+            docstring); default ``DEFAULT_BLOCK_SIZE``. Any value gives the same result to
+            rounding; it sets only the size of the temporaries and the speed.
 
     q, k, v must share one floating dtype, which the output keeps. The softmax
     is fused in here (not softmax.py): it works in place on the one (Tq, Tk)
@@ -167,7 +201,12 @@ def attention_forward(
     dtype = q.dtype
     tq, tk = q.shape[-2], k.shape[-2]
     scale = 1.0 / float(np.sqrt(q.shape[-1])) if scale is None else float(scale)
+    block = _check_block_size(block_size)
 
+    if tq * tk > block * block:
+        out, row_lse = _blocked_forward(q, k, v, causal, mask, bias, scale, scores_shape, block)
+        cache = (q, k, v, row_lse, scale, bias, None, scores_shape, causal, mask, block)
+        return out, cache
     table = _additive_mask(causal, mask, tq, tk, dtype)
     scores = _masked_scores(q, k, scale, bias, table, scores_shape)  # (..., Tq, Tk)
     out, row_max, row_sum = _unnormalised_attention(scores, v)
@@ -182,7 +221,7 @@ def attention_forward(
 
     # P itself is not kept (it is the largest activation of a transformer): the backward
     # rebuilds it from q, k and the row log-sum-exp, as FlashAttention's backward does.
-    cache = (q, k, v, row_lse, scale, bias, table, scores_shape)
+    cache = (q, k, v, row_lse, scale, bias, table, scores_shape, causal, mask, None)
     return out, cache
 
 
@@ -227,8 +266,13 @@ def attention_backward(
 
     Gradients of q, k, v are summed back to their own shapes if their leading
     axes were broadcast. Returns (dq, dk, dv, dbias), dbias None when no bias.
+
+    A blocked forward gets a blocked backward (``_blocked_backward``): the same formulas,
+    one (query block, key block) pair at a time.
     """
-    q, k, v, row_lse, scale, bias, table, scores_shape = cache
+    if cache[-1] is not None:
+        return _blocked_backward(np.asarray(dout), cache, out)
+    q, k, v, row_lse, scale, bias, table, scores_shape = cache[:8]
     # P = exp(S - L), L the row log-sum-exp saved by the forward: one matmul and one exp
     probs = _masked_scores(q, k, scale, bias, table, scores_shape)
     probs -= row_lse
@@ -258,7 +302,12 @@ def attention_backward(
 
 
 def attention_inference(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, scale: float | None = None
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool = False,
+    scale: float | None = None,
+    block_size: int | None = None,
 ) -> np.ndarray:
     """``attention_forward``'s output alone, with no input checks, mask, bias or cache.
 
@@ -267,6 +316,10 @@ def attention_inference(
     microseconds of arithmetic: the checks and the backward's log-sum-exp would double it.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    if q.shape[-2] * k.shape[-2] > block * block:  # a long prompt: O(T) memory, as in training
+        shape = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+        return _blocked_forward(q, k, v, causal, None, None, scale, shape, block)[0]
     table = _causal_additive_mask(q.shape[-2], k.shape[-2], q.dtype) if causal else None
     scores = _masked_scores(q, k, scale, None, table)  # (..., Tq, Tk)
     out, _, row_sum = _unnormalised_attention(scores, v)
@@ -312,3 +365,194 @@ def _masked_scores(
     if table is not None:
         scores += table  # masked scores become -inf
     return scores
+
+
+# ---- blocked attention --------------------------------------------------------------------
+
+
+def _check_block_size(block_size: int | None) -> int:
+    if block_size is None:
+        return DEFAULT_BLOCK_SIZE
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"attention: block_size must be an integer or None, got {block_size!r}")
+    if block_size < 1:
+        raise ValueError(f"attention: block_size must be >= 1, got {block_size}")
+    return int(block_size)
+
+
+def _piece(a: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray | None:
+    """The part of ``a`` (broadcastable to (..., Tq, Tk)) that falls on a (rows, cols) block;
+    an axis of size 1 (broadcast) is kept whole."""
+    if a is None:
+        return None
+    whole = slice(None)
+    return a[..., rows if a.shape[-2] != 1 else whole, cols if a.shape[-1] != 1 else whole]
+
+
+def _key_blocks(
+    rows: slice, tq: int, tk: int, block: int, causal: bool, dtype: np.dtype
+) -> Iterator[tuple[slice, np.ndarray | None]]:
+    """The key blocks the queries ``rows`` may attend to, each with its piece of the causal
+    table (None where the causal rule blocks nothing in it).
+
+    Causal, end-aligned: query i sees key j iff j <= i + off with off = Tk - Tq, so a key
+    block that starts after the last query's last key is skipped (it is wholly in the
+    future), and one that ends at or before the first query's last key needs no table.
+    """
+    q0, q1 = rows.start, rows.stop
+    off = tk - tq
+    stop = min(tk, q1 + off) if causal else tk  # keys >= q1 + off are every query's future
+    for k0 in range(0, max(stop, 0), block):
+        k1 = min(k0 + block, tk)
+        table = None
+        if causal and k1 - 1 > q0 + off:  # some pair of the block has j > i + off
+            table = _band_table(q1 - q0, k1 - k0, q0 + off - k0, dtype)
+        yield slice(k0, k1), table
+
+
+def _block_scores(
+    q_rows: np.ndarray,
+    k: np.ndarray,
+    rows: slice,
+    cols: slice,
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+    table: np.ndarray | None,
+    lead: list[int],
+) -> np.ndarray:
+    """S of one block: q_rows (already scaled) against keys ``cols``, plus the bias, the
+    boolean mask and the causal table's pieces; a fresh (*lead, bq, bk) array."""
+    scores = q_rows @ k[..., cols, :].swapaxes(-1, -2)  # (..., bq, d) @ (..., d, bk)
+    shape = (*lead, q_rows.shape[-2], cols.stop - cols.start)
+    if scores.shape != shape:  # the mask, the bias or v add leading axes
+        scores = np.broadcast_to(scores, shape).copy()
+    if bias is not None:
+        scores += _piece(bias, rows, cols).astype(scores.dtype, copy=False)
+    if mask is not None:
+        allowed = _piece(mask, rows, cols)
+        scores += np.where(allowed, scores.dtype.type(0), scores.dtype.type(-np.inf))
+    if table is not None:
+        scores += table  # causal: the future becomes -inf
+    return scores
+
+
+def _block_probs(
+    q_rows: np.ndarray,
+    k: np.ndarray,
+    rows: slice,
+    cols: slice,
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+    table: np.ndarray | None,
+    lead: list[int],
+    row_lse: np.ndarray,
+) -> np.ndarray:
+    """P of one block rebuilt from the forward's row log-sum-exp: exp(S - L), (*lead, bq, bk)."""
+    probs = _block_scores(q_rows, k, rows, cols, mask, bias, table, lead)
+    probs -= row_lse
+    return np.exp(probs, out=probs)
+
+
+def _blocked_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    causal: bool,
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+    scale: float,
+    scores_shape: tuple[int, ...],
+    block: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output (..., Tq, dv) and row log-sum-exp L (..., Tq, 1) by the online softmax of the
+    module docstring, one (query block, key block) pair at a time."""
+    *lead, tq, tk = scores_shape
+    dtype = q.dtype
+    out = np.empty((*lead, tq, v.shape[-1]), dtype=dtype)
+    row_lse = np.empty((*lead, tq, 1), dtype=dtype)
+    for q0 in range(0, tq, block):
+        rows = slice(q0, min(q0 + block, tq))
+        n = rows.stop - q0
+        q_rows = q[..., rows, :] * scale if scale != 1.0 else q[..., rows, :]  # (..., bq, d)
+        run_max = np.full((*lead, n, 1), -np.inf, dtype=dtype)  # m, the running row maximum
+        run_sum = np.zeros((*lead, n, 1), dtype=dtype)  # l, sum of exp(S - m)
+        acc = np.zeros((*lead, n, v.shape[-1]), dtype=dtype)  # sum of exp(S - m) V
+        for cols, table in _key_blocks(rows, tq, tk, block, causal, dtype):
+            scores = _block_scores(q_rows, k, rows, cols, mask, bias, table, lead)
+            new_max = np.maximum(run_max, scores.max(axis=-1, keepdims=True, initial=-np.inf))
+            shift = np.where(new_max == -np.inf, dtype.type(0), new_max)  # no -inf - -inf
+            np.subtract(scores, shift, out=scores)
+            np.exp(scores, out=scores)  # exp(S - m_new): a masked entry is exactly 0
+            rescale = np.exp(run_max - shift)  # exp(m_old - m_new) <= 1; 0 while m_old = -inf
+            run_sum *= rescale
+            run_sum += np.einsum("...j->...", scores)[..., None]
+            acc *= rescale
+            acc += scores @ v[..., cols, :]  # (..., bq, bk) @ (..., bk, dv)
+            run_max = new_max
+            del scores
+        empty = run_sum == 0  # no allowed key in the row (any other row sums to >= 1)
+        with np.errstate(divide="ignore"):
+            lse = np.log(run_sum)
+        lse += np.where(run_max == -np.inf, dtype.type(0), run_max)
+        lse[empty] = np.inf  # exp(S - inf) = 0 in the backward
+        run_sum[empty] = 1.0  # out = 0 / 1 = 0
+        np.divide(acc, run_sum, out=out[..., rows, :])
+        row_lse[..., rows, :] = lse
+    return out, row_lse
+
+
+def _blocked_backward(
+    dout: np.ndarray, cache: tuple, out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``attention_backward`` for a blocked forward, one (query block, key block) pair at a
+    time: P_ij = exp(S_ij - L_i) is rebuilt from the stored log-sum-exp, and
+
+        dV_j += P_ij^T g_i,   dS_ij = P_ij * (g_i V_j^T - rowdot_i),
+        dQ_i += scale dS_ij K_j,   dK_j += scale dS_ij^T Q_i,   dB_ij = dS_ij
+
+    with rowdot_i = g_i . out_i, which needs the whole row of P: it is taken from ``out``
+    when given, else summed over the key blocks in a first pass (one more S per block).
+    """
+    q, k, v, row_lse, scale, bias, _, scores_shape, causal, mask, block = cache
+    *lead, tq, tk = scores_shape
+    dtype = q.dtype
+    dout = dout.astype(dtype, copy=False)
+    if out is not None:
+        row_dot = np.einsum("...ij,...ij->...i", dout, out)[..., None]  # (..., Tq, 1)
+    else:
+        row_dot = np.zeros((*lead, tq, 1), dtype=dtype)
+    dq = np.zeros((*lead, tq, q.shape[-1]), dtype=dtype)
+    dk = np.zeros((*lead, tk, k.shape[-1]), dtype=dtype)
+    dv = np.zeros((*lead, tk, v.shape[-1]), dtype=dtype)
+    dbias = None if bias is None else np.zeros(bias.shape, dtype=dtype)
+    for q0 in range(0, tq, block):
+        rows = slice(q0, min(q0 + block, tq))
+        q_rows = q[..., rows, :] * scale if scale != 1.0 else q[..., rows, :]  # (..., bq, d)
+        g = dout[..., rows, :]  # (..., bq, dv)
+        lse = row_lse[..., rows, :]
+        blocks = list(_key_blocks(rows, tq, tk, block, causal, dtype))
+        if out is None:  # rowdot_i = sum_j rowsum(dP_ij * P_ij), over every key block first
+            for cols, table in blocks:
+                p = _block_probs(q_rows, k, rows, cols, mask, bias, table, lead, lse)
+                dp = g @ v[..., cols, :].swapaxes(-1, -2)  # (..., bq, dv) @ (..., dv, bk)
+                row_dot[..., rows, :] += np.einsum("...ij,...ij->...i", dp, p)[..., None]
+        for cols, table in blocks:
+            p = _block_probs(q_rows, k, rows, cols, mask, bias, table, lead, lse)
+            dv[..., cols, :] += p.swapaxes(-1, -2) @ g  # (..., bk, bq) @ (..., bq, dv)
+            ds = g @ v[..., cols, :].swapaxes(-1, -2)  # dP: (..., bq, dv) @ (..., dv, bk)
+            ds -= row_dot[..., rows, :]
+            ds *= p  # dS = P * (dP - rowdot)
+            del p
+            dq[..., rows, :] += ds @ k[..., cols, :]  # (..., bq, bk) @ (..., bk, d)
+            dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_rows  # scale is inside q_rows
+            if dbias is not None:
+                target = _piece(dbias, rows, cols)
+                target += _sum_to_shape(ds, target.shape)
+    if scale != 1.0:
+        dq *= scale
+    return (
+        _sum_to_shape(dq, q.shape),
+        _sum_to_shape(dk, k.shape),
+        _sum_to_shape(dv, v.shape),
+        dbias,
+    )
