@@ -231,6 +231,9 @@ class TokenDataset:
     loaded rather than encoded).
     """
 
+    cache_path: Path | None  # None for a dataset made from ids
+    from_cache: bool
+
     def __init__(
         self,
         text: str,

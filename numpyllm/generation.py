@@ -97,10 +97,8 @@ def _check_ids(input_ids: Any, vocab_size: int) -> np.ndarray:
 
 
 def _new_token_budget(prompt_len: int, max_new_tokens: int | None, max_length: int | None) -> int:
-    if max_new_tokens is None and max_length is None:
-        max_new_tokens = 20
     if max_new_tokens is None:
-        max_new_tokens = max_length - prompt_len
+        max_new_tokens = 20 if max_length is None else max_length - prompt_len
     if max_new_tokens < 0:
         raise ValueError(
             f"max_length {max_length} is shorter than the prompt ({prompt_len} tokens)"
@@ -117,7 +115,7 @@ class _Finished:
         self.done = np.zeros(batch, dtype=bool)
 
     def update(self, tokens: np.ndarray) -> np.ndarray:
-        if self.eos is None:
+        if self.eos is None or self.pad is None:  # pad is None only when eos is
             return tokens
         tokens = np.where(self.done, self.pad, tokens)
         self.done |= tokens == self.eos

@@ -51,6 +51,7 @@ def numerical_gradient(
     elements are differentiated and a 1-D array of their derivatives is
     returned; otherwise an array shaped like ``x``.
     """
+    grad: np.ndarray
     if indices is None:
         indices = list(np.ndindex(x.shape))
         grad = np.zeros(x.shape, dtype=np.float64)

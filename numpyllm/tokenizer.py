@@ -295,12 +295,15 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(file))
         except Exception as exc:  # the Rust side raises a bare Exception
             raise ValueError(f"{file} is not a valid tokenizer.json: {exc}") from exc
-        roles, complete = {}, False
+        roles: dict[str, str] = {}
+        complete = False
         if file.name == "tokenizer.json":
             roles, complete = _roles_from_hf_files(file.parent)
         # A token missing from the vocabulary cannot be used: drop it (transformers would
         # add it as a new token, which would change the vocabulary size).
-        known = {role: tok for role, tok in roles.items() if backend.token_to_id(tok) is not None}
+        known: dict[str, str | None] = {
+            role: tok for role, tok in roles.items() if backend.token_to_id(tok) is not None
+        }
         if complete:  # the files are the whole truth: roles they leave out are absent
             known = {role: known.get(role) for role in ROLES}
         return cls(backend, special_tokens=known)
@@ -401,9 +404,17 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int] | np.ndarray) -> str | list[str]:
         """Id(s) -> token(s)."""
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            return self._backend.id_to_token(self._check_ids([ids])[0])
-        return [self._backend.id_to_token(i) for i in self._check_ids(ids)]
+        if isinstance(ids, bool):
+            raise TypeError("token ids must be integers, got a bool")
+        if isinstance(ids, (int, np.integer)):
+            return self._id_to_token(self._check_ids([ids])[0])
+        return [self._id_to_token(i) for i in self._check_ids(ids)]
+
+    def _id_to_token(self, token_id: int) -> str:
+        token = self._backend.id_to_token(token_id)
+        if token is None:  # an id inside range(vocab_size) that the vocabulary skips
+            raise ValueError(f"token id {token_id} has no token in the vocabulary")
+        return token
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Ids of ``text``. ``add_special_tokens`` applies the tokenizer's template

@@ -279,6 +279,18 @@ def test_bad_inputs(bpe):
         bpe.convert_tokens_to_ids("no such token")
 
 
+def test_an_id_the_vocabulary_skips_is_an_error_not_none():
+    from tokenizers.models import WordLevel
+
+    backend = tokenizers.Tokenizer(WordLevel({"a": 0, "c": 2, "[UNK]": 3}, unk_token="[UNK]"))
+    tok = Tokenizer(backend)
+    assert tok.convert_ids_to_tokens([0, 2]) == ["a", "c"]
+    with pytest.raises(ValueError, match="token id 1 has no token"):
+        tok.convert_ids_to_tokens(1)
+    with pytest.raises(TypeError, match="bool"):
+        tok.convert_ids_to_tokens(True)
+
+
 # ------------------------------------------------------------------ chunking
 
 

@@ -141,16 +141,16 @@ def _check_inputs(
             "do not broadcast"
         ) from None
     scores_shape = (*lead, q.shape[-2], k.shape[-2])
-    for name, a in (("mask", mask), ("bias", bias)):
-        if a is None:
+    for name, extra in (("mask", mask), ("bias", bias)):
+        if extra is None:
             continue
         try:
-            full = np.broadcast_shapes(scores_shape, a.shape)
+            full = np.broadcast_shapes(scores_shape, extra.shape)
         except ValueError:
             full = None
         if full is None or full[-2:] != scores_shape[-2:]:
             raise ValueError(
-                f"attention: {name} of shape {a.shape} does not broadcast to the scores' "
+                f"attention: {name} of shape {extra.shape} does not broadcast to the scores' "
                 f"shape (..., Tq, Tk) = {scores_shape}"
             )
         scores_shape = full

@@ -73,13 +73,16 @@ def _check_weights(
     x_q: np.ndarray,
     x_kv: np.ndarray,
     n_head: int,
-) -> None:
+) -> dict[str, np.ndarray]:
+    """The four projection matrices, "q_weight" ... "o_weight", once they are checked."""
     if not isinstance(n_head, (int, np.integer)) or n_head < 1:
         raise ValueError(f"multi_head_attention: n_head must be a positive integer, got {n_head!r}")
+    matrices: dict[str, np.ndarray] = {}
     for p in _PROJECTIONS:
-        if weights.get(f"{p}_weight") is None:
+        w = weights.get(f"{p}_weight")
+        if w is None:
             raise ValueError(f"multi_head_attention: weights has no '{p}_weight'")
-        w = weights[f"{p}_weight"]
+        matrices[f"{p}_weight"] = w
         if w.ndim != 2:
             raise ValueError(f"multi_head_attention: {p}_weight must be 2-D, got shape {w.shape}")
         b = weights.get(f"{p}_bias")
@@ -88,10 +91,10 @@ def _check_weights(
                 f"multi_head_attention: {p}_bias must have shape ({w.shape[1]},) to match "
                 f"{p}_weight {w.shape}, got {b.shape}"
             )
-    w_q, w_k, w_v, w_o = (weights[f"{p}_weight"] for p in _PROJECTIONS)
+    w_q, w_k, w_v, w_o = (matrices[f"{p}_weight"] for p in _PROJECTIONS)
     expected_in = {"q": x_q.shape[-1], "k": x_kv.shape[-1], "v": x_kv.shape[-1], "o": w_v.shape[1]}
     for p, d_in in expected_in.items():
-        w = weights[f"{p}_weight"]
+        w = matrices[f"{p}_weight"]
         if w.shape[0] != d_in:
             source = {"q": "x_q's last dimension", "o": "v_weight's output size"}.get(
                 p, "x_kv's last dimension"
@@ -113,13 +116,14 @@ def _check_weights(
             )
     names = [f"{p}_{kind}" for p in _PROJECTIONS for kind in ("weight", "bias")]
     arrays = {"x_q": x_q, "x_kv": x_kv}
-    arrays.update({name: weights[name] for name in names if weights.get(name) is not None})
+    arrays.update({name: a for name in names if (a := weights.get(name)) is not None})
     for name, a in arrays.items():
         if a.dtype != x_q.dtype:
             raise TypeError(
                 f"multi_head_attention: {name} has dtype {a.dtype} but x_q has {x_q.dtype}; "
                 "every array must share one dtype (no silent casts)"
             )
+    return matrices
 
 
 def multi_head_attention_forward(
@@ -152,11 +156,10 @@ def multi_head_attention_forward(
              the backward refuses such a cache.
     """
     x_q, x_kv = np.asarray(x_q), np.asarray(x_kv)
-    _check_weights(weights, x_q, x_kv, n_head)
-    w = weights
-    q, q_cache = linear_forward(x_q, w["q_weight"], w.get("q_bias"))  # -> (..., Tq, inner)
-    k, k_cache = linear_forward(x_kv, w["k_weight"], w.get("k_bias"))  # -> (..., Tk, inner)
-    v, v_cache = linear_forward(x_kv, w["v_weight"], w.get("v_bias"))  # -> (..., Tk, inner_v)
+    w = _check_weights(weights, x_q, x_kv, n_head)
+    q, q_cache = linear_forward(x_q, w["q_weight"], weights.get("q_bias"))  # -> (..., Tq, inner)
+    k, k_cache = linear_forward(x_kv, w["k_weight"], weights.get("k_bias"))  # -> (..., Tk, inner)
+    v, v_cache = linear_forward(x_kv, w["v_weight"], weights.get("v_bias"))  # -> (..., Tk, inner_v)
     q_heads = split_heads(q, n_head)  # (..., Tq, inner) -> (..., H, Tq, dh)
     k_heads = split_heads(k, n_head)  # (..., Tk, inner) -> (..., H, Tk, dh)
     v_heads = split_heads(v, n_head)  # (..., Tk, inner_v) -> (..., H, Tk, dh_v)
@@ -196,7 +199,7 @@ def multi_head_attention_forward(
         q_heads, k_heads, v_heads, causal=causal, mask=mask, bias=bias, scale=scale
     )  # (..., H, Tq, dh_v)
     merged = merge_heads(attended)  # (..., H, Tq, dh_v) -> (..., Tq, inner_v)
-    out, o_cache = linear_forward(merged, w["o_weight"], w.get("o_bias"))  # -> (..., Tq, d_out)
+    out, o_cache = linear_forward(merged, w["o_weight"], weights.get("o_bias"))  # (..., Tq, d_out)
     cache = (q_cache, k_cache, v_cache, attn_cache, o_cache, n_head, past_kv is not None)
     return out, cache
 

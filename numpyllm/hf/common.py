@@ -162,7 +162,7 @@ def _read_bfloat16(file: Path, name: str) -> np.ndarray:
     return widened.view(np.float32).reshape(entry["shape"])
 
 
-def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
     """Write through ``write(temp_path)`` to a temp file beside ``target``, then rename it onto
     ``target``: a crash leaves the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -64,7 +64,7 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(d_model, inner, bias=bias, rng=rng, std=std, dtype=dtype)
         out_std = std if out_std is None else out_std
         self.o_proj = Linear(inner, d_model, bias=bias, rng=rng, std=out_std, dtype=dtype)
-        self._cache = None
+        self._cache: tuple[tuple, bool] | None = None
 
     def _weights(self) -> dict[str, np.ndarray | None]:
         weights: dict[str, np.ndarray | None] = {}
@@ -99,7 +99,7 @@ class MultiHeadAttention(Module):
         self_attention = x_kv is None
         out, cache = multi_head_attention_forward(
             x,
-            x if self_attention else x_kv,
+            x if x_kv is None else x_kv,
             self._weights(),
             self.n_head,
             causal=self.causal,

@@ -16,7 +16,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def blas_threads(n: int | None) -> Iterator[None]:
 SMALL_PASS = 1 << 22  # tokens * d_model below which a pass runs BLAS on one thread
 
 
-def threads_for_pass(setting: int | None | str, tokens: int | None, d_model: int) -> int | None:
+def threads_for_pass(
+    setting: int | Literal["auto"] | None, tokens: int | None, d_model: int
+) -> int | None:
     """The "auto" policy: one BLAS thread when tokens * d_model < SMALL_PASS, else BLAS's own
     setting; an int or None ``setting`` is used as it is."""
     if setting != "auto":

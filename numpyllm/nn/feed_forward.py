@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from numpyllm.functional import activations as act
 from numpyllm.nn.linear import Linear
-from numpyllm.nn.module import Module
+from numpyllm.nn.module import Module, forward_cache
 from numpyllm.nn.norms import Dropout
 
+# forward(x) -> (out, cache) and backward(dout, cache) -> dx
+ActivationPair = tuple[
+    Callable[[np.ndarray], tuple[np.ndarray, Any]], Callable[[np.ndarray, Any], np.ndarray]
+]
+
 # name -> (forward, backward); the names are the ones checkpoint configs use.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, ActivationPair] = {
     "relu": (act.relu_forward, act.relu_backward),
     "gelu": (act.gelu_forward, act.gelu_backward),
     "gelu_tanh": (act.gelu_tanh_forward, act.gelu_tanh_backward),
@@ -19,7 +27,7 @@ ACTIVATIONS = {
 }
 
 
-def activation_pair(name: str):
+def activation_pair(name: str) -> ActivationPair:
     """The (forward, backward) pair for an activation name, or a ValueError listing the choices."""
     try:
         return ACTIVATIONS[name]
@@ -59,13 +67,13 @@ class FeedForward(Module):
         )
         self.dropout = Dropout(dropout, rng=rng)
         self.fc_out = Linear(d_ff, d_model, bias=bias, rng=rng, std=std_out, dtype=dtype)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         h_pre = self.fc_in(x)  # (..., d_model) -> (..., d_ff)
         h, act_cache = self.act_forward(h_pre)
         gate = None
-        if self.gated:
+        if self.fc_gate is not None:
             gate = self.fc_gate(x)  # (..., d_ff)
             self._cache = (act_cache, h, gate)
             h = h * gate
@@ -75,11 +83,11 @@ class FeedForward(Module):
         return self.fc_out(h)  # (..., d_ff) -> (..., d_model)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        act_cache, activated, gate = self._cache
+        act_cache, activated, gate = forward_cache(self._cache, self)
         self._cache = None
         dh = self.dropout.backward(self.fc_out.backward(dout))
         dx = None
-        if self.gated:
+        if self.fc_gate is not None:
             dx = self.fc_gate.backward(dh * activated)
             dh = dh * gate
         dx_in = self.fc_in.backward(self.act_backward(dh, act_cache))

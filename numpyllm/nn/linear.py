@@ -7,7 +7,7 @@ import numpy as np
 from numpyllm.functional.embedding import embedding_backward, embedding_forward
 from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.nn import init
-from numpyllm.nn.module import Module
+from numpyllm.nn.module import Module, forward_cache
 
 
 class Linear(Module):
@@ -26,7 +26,7 @@ class Linear(Module):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.weight = init.normal(rng, (in_features, out_features), std, dtype)
         self.bias = init.zeros((out_features,), dtype) if bias else None
-        self._cache = None
+        self._cache: tuple | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         bias = self.bias.data if self.bias is not None else None
@@ -34,7 +34,7 @@ class Linear(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        dx, dweight, dbias = linear_backward(dout, self._cache)
+        dx, dweight, dbias = linear_backward(dout, forward_cache(self._cache, self))
         self._cache = None
         self.weight.grad += dweight
         if self.bias is not None:
@@ -56,12 +56,12 @@ class Embedding(Module):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         self.weight = init.normal(rng, (num_embeddings, embedding_dim), std, dtype)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def forward(self, ids: np.ndarray) -> np.ndarray:
         out, self._cache = embedding_forward(ids, self.weight.data)
         return out
 
     def backward(self, dout: np.ndarray) -> None:
-        self.weight.grad += embedding_backward(dout, self._cache)
+        self.weight.grad += embedding_backward(dout, forward_cache(self._cache, self))
         self._cache = None

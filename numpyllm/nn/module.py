@@ -10,17 +10,29 @@ called twice before its backward keeps only the last call's cache.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from numpyllm.nn.parameter import Parameter
+
+CacheT = TypeVar("CacheT")
+
+
+def forward_cache(cache: CacheT | None, module: Module) -> CacheT:
+    """What ``module``'s forward kept for its backward; a RuntimeError when there is none
+    (a backward without a forward, or a second backward after one forward)."""
+    if cache is None:
+        raise RuntimeError(f"{type(module).__name__}.backward needs a forward first")
+    return cache
 
 
 class Module:
     """Base class: registers ``Parameter`` and ``Module`` attributes by name."""
 
     training: bool
+    _parameters: dict[str, Parameter]
+    _modules: dict[str, Module]
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})

@@ -13,7 +13,7 @@ from numpyllm.functional.norms import (
     rms_norm_forward,
 )
 from numpyllm.nn import init
-from numpyllm.nn.module import Module
+from numpyllm.nn.module import Module, forward_cache
 
 
 class LayerNorm(Module):
@@ -24,7 +24,7 @@ class LayerNorm(Module):
         self.eps = eps
         self.weight = init.ones((dim,), dtype)
         self.bias = init.zeros((dim,), dtype)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = layer_norm_forward(x, self.weight.data, self.bias.data, self.eps)
@@ -38,7 +38,7 @@ class LayerNorm(Module):
         return layer_norm_output(self._cache, self.bias.data)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        dx, dweight, dbias = layer_norm_backward(dout, self._cache)
+        dx, dweight, dbias = layer_norm_backward(dout, forward_cache(self._cache, self))
         self._cache = None
         self.weight.grad += dweight
         self.bias.grad += dbias
@@ -52,14 +52,14 @@ class RMSNorm(Module):
         super().__init__()
         self.eps = eps
         self.weight = init.ones((dim,), dtype)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = rms_norm_forward(x, self.weight.data, self.eps)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        dx, dweight = rms_norm_backward(dout, self._cache)
+        dx, dweight = rms_norm_backward(dout, forward_cache(self._cache, self))
         self._cache = None
         self.weight.grad += dweight
         return dx
@@ -74,7 +74,7 @@ class Dropout(Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.rng = rng if rng is not None else np.random.default_rng(0)
-        self._cache = None
+        self._cache: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = dropout_forward(x, self.p, self.rng, training=self.training)

@@ -175,3 +175,16 @@ def test_layers_keep_float32():
         dx = grads[0] if isinstance(grads, tuple) else grads
         assert dx.dtype == np.float32
         assert all(p.grad.dtype == np.float32 for p in layer.parameters())
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [Linear(3, 2), Embedding(5, 3), LayerNorm(3), RMSNorm(3), FeedForward(3, 4, gated=True)],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_a_backward_without_its_forward_says_so(layer):
+    x = np.array([[1, 2]]) if isinstance(layer, Embedding) else np.ones((1, 2, 3), np.float32)
+    dout = np.ones(layer(x).shape, np.float32)
+    layer.backward(dout)
+    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward needs a forward"):
+        layer.backward(dout)
