@@ -73,6 +73,19 @@ def test_expected_value_and_drop_rate(dtype, p):
     assert abs(np.mean(out == 0) - p) < 5 * np.sqrt(p * (1 - p) / n)
 
 
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937])
+def test_drop_rate_with_any_bit_generator(bit_generator):
+    # 64-bit generators feed the mask two uint32 per raw draw; MT19937 (32 random bits per
+    # raw draw) goes through Generator.integers: both must drop at rate p, independently.
+    n, p = 400_000, 0.3
+    out, _ = dropout_forward(np.ones(n), p, np.random.Generator(bit_generator(7)))
+    dropped = out == 0
+    assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    # neighbours (the two halves of one raw draw) are independent: P(both dropped) = p^2
+    both = np.mean(dropped[0::2] & dropped[1::2])
+    assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / (n // 2))
+
+
 @given(x=normal_arrays(batch_shapes(max_dims=3)), p=PROBS, seed=seeds())
 def test_backward_matches_finite_differences(x, p, seed):
     # A fresh generator with the same seed on every call: the mask is fixed,
