@@ -8,6 +8,7 @@ wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT and T5
 from numpyllm import functional, nn, optim
 from numpyllm.data import TokenDataset, builtin_corpus
 from numpyllm.gradcheck import gradcheck, gradcheck_model, numerical_gradient
+from numpyllm.memory import InsufficientMemoryError, MemoryReport, memory_report
 from numpyllm.models import (
     BERT,
     GPT,
@@ -34,6 +35,8 @@ __all__ = [
     "T5",
     "BertConfig",
     "GPTConfig",
+    "InsufficientMemoryError",
+    "MemoryReport",
     "ModelOutput",
     "SimpleNN",
     "T5Config",
@@ -45,6 +48,7 @@ __all__ = [
     "functional",
     "gradcheck",
     "gradcheck_model",
+    "memory_report",
     "nn",
     "numerical_gradient",
     "optim",

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from numpyllm.memory import check_generation_memory
+
 NEG_INF = -np.inf
 
 
@@ -140,6 +142,7 @@ def generate_decoder_only(
     seed: int | None = None,
     crop_context: bool = False,
     use_cache: bool = True,
+    ignore_memory_check: bool = False,
 ) -> np.ndarray:
     """Continue each row of ``input_ids`` (B, T) and return (B, T + new) ids.
 
@@ -149,6 +152,10 @@ def generate_decoder_only(
     context is an error unless ``crop_context``, which keeps only the newest ``max_seq_len``
     tokens as context (re-encoding them when the window slides, since learned positions
     shift). ``use_cache=False`` re-encodes the whole window at every step.
+
+    Before anything is allocated, a generation whose KV cache and prompt pass would not fit
+    in the memory available raises ``numpyllm.memory.InsufficientMemoryError``, unless
+    ``ignore_memory_check``.
     """
     config = model.config
     ids = _check_ids(input_ids, config.vocab_size)
@@ -159,6 +166,8 @@ def generate_decoder_only(
             f"prompt ({ids.shape[1]} tokens) + {budget} new tokens exceeds the context length "
             f"{context}; shorten them or pass crop_context=True to keep only the last {context}"
         )
+    if not ignore_memory_check:
+        check_generation_memory(model, ids.shape[0], ids.shape[1], ids.shape[1] + budget)
     rng = np.random.default_rng(seed)
     finished = _Finished(ids.shape[0], eos_token_id, pad_token_id)
     max_len = min(context, ids.shape[1] + budget)

@@ -47,6 +47,7 @@ from numpyllm.checkpoint import (
     rotate_checkpoints,
     save_checkpoint,
 )
+from numpyllm.memory import check_training_memory
 from numpyllm.optim import (
     AdamW,
     LRScheduler,
@@ -61,6 +62,14 @@ from numpyllm.training_args import TrainingArguments
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
 _SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant_with_warmup}
+
+
+def _row_length(batches: Batches) -> int | None:
+    """Tokens per training row: LMBatches' seq_len, or the width of the input_ids arrays."""
+    if getattr(batches, "seq_len", None) is not None:
+        return int(batches.seq_len)  # type: ignore[attr-defined]
+    ids = getattr(batches, "train", {}).get("input_ids") if hasattr(batches, "train") else None
+    return int(ids.shape[1]) if ids is not None and np.ndim(ids) == 2 else None
 
 
 class TrainingError(RuntimeError):
@@ -109,6 +118,10 @@ class Trainer:
         )
         self.seq_len = seq_len
         batch_size = args.per_device_train_batch_size
+        row_length = _row_length(self.train_dataset)
+        if not args.ignore_memory_check and row_length is not None:
+            # before the first step allocates anything: a clear error, not the OOM killer
+            check_training_memory(model, batch_size, row_length)
         self.steps_per_epoch = max(1, int(self.train_dataset.steps_per_epoch(batch_size)))
         if args.max_steps > 0:
             self.total_steps = args.max_steps

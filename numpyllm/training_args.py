@@ -48,6 +48,9 @@ class TrainingArguments:
     gradient_checkpointing        recompute each block's activations in the backward instead
                                   of keeping them (GPT's ``recompute_activations``): about
                                   half the peak memory, for about a third more arithmetic
+    ignore_memory_check           train even when the estimated peak memory of a step
+                                  (``numpyllm.memory_report``) exceeds the memory available;
+                                  by default the Trainer raises InsufficientMemoryError first
     """
 
     output_dir: str | os.PathLike
@@ -73,6 +76,7 @@ class TrainingArguments:
     disable_tqdm: bool = False
     seq_len: int | None = None
     gradient_checkpointing: bool = False
+    ignore_memory_check: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
@@ -116,7 +120,7 @@ class TrainingArguments:
         resume = self.resume_from_checkpoint
         if not (resume is None or isinstance(resume, (bool, str, os.PathLike))):
             raise ValueError(f"resume_from_checkpoint must be None, True or a path, got {resume!r}")
-        for name in ("disable_tqdm", "gradient_checkpointing"):
+        for name in ("disable_tqdm", "gradient_checkpointing", "ignore_memory_check"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

@@ -61,6 +61,8 @@ def _is_user_error(exc: BaseException) -> bool:
     """Errors that bad input causes, reported in one line (anything else is a bug: traceback)."""
     if isinstance(exc, (ValueError, TypeError, OSError)):
         return True
+    if isinstance(exc, MemoryError) and exc.args:  # the memory check's refusal, a sentence
+        return True
     trainer = sys.modules.get("numpyllm.trainer")  # imported only if training ran
     return trainer is not None and isinstance(exc, trainer.TrainingError)
 

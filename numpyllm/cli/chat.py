@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             seed=None if args.seed is None else args.seed + turn,
+            ignore_memory_check=args.ignore_memory_check,
         )[0]
         reply = reply_from(continuation)
         print(f"{BOT} {reply}", flush=True)

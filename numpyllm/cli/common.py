@@ -45,6 +45,7 @@ TRAINING_FIELDS = (
     "resume_from_checkpoint",
     "disable_tqdm",
     "gradient_checkpointing",
+    "ignore_memory_check",
 )
 
 
@@ -337,6 +338,18 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
         help="recompute each block's activations in the backward (GPT): about half the "
         "training memory, for about a third more arithmetic",
     )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print where a training step's memory goes (per layer: parameters, gradients, "
+        "optimizer state, activations, temporaries, FLOPs per token) and the estimated peak "
+        "next to the memory available, then exit without training or writing anything",
+    )
+    add(
+        "--ignore-memory-check",
+        action="store_true",
+        help="train even when the estimated peak memory exceeds the memory available",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -388,6 +401,11 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> N
         type=nonnegative_int,
         metavar="N",
         help="seed of the sampling, for repeatable text (default: a different draw every run)",
+    )
+    group.add_argument(
+        "--ignore-memory-check",
+        action="store_true",
+        help="generate even when the estimated memory exceeds the memory available",
     )
 
 
@@ -582,6 +600,25 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return [start]
 
 
+def memory_check(model: Any, args: argparse.Namespace, seq_len: int) -> bool:
+    """The memory report of one training step with these flags: printed and True (stop
+    here) under --dry-run; otherwise InsufficientMemoryError if the step would not fit,
+    unless --ignore-memory-check."""
+    from numpyllm.memory import memory_report
+
+    if getattr(model, "recompute_activations", False) or not args.gradient_checkpointing:
+        recompute = None  # the model's own setting
+    else:
+        recompute = True
+    report = memory_report(model, args.per_device_train_batch_size, seq_len, recompute)
+    if args.dry_run:
+        print(report)
+        return True
+    if not args.ignore_memory_check:
+        report.check()
+    return False
+
+
 def generate_text(
     model: Any,
     tokenizer: Any,
@@ -593,6 +630,7 @@ def generate_text(
     top_p: float = 1.0,
     seed: int | None = None,
     num_samples: int = 1,
+    ignore_memory_check: bool = False,
 ) -> list[str]:
     """``num_samples`` continuations of ``prompt`` (text or ids), decoded, prompt not included."""
     import numpy as np
@@ -612,6 +650,7 @@ def generate_text(
         eos_token_id=tokenizer.eos_token_id,
         seed=seed,
         crop_context=True,  # a long prompt keeps its newest tokens
+        ignore_memory_check=ignore_memory_check,
     )
     return [tokenizer.decode(row[len(ids) :], skip_special_tokens=True) for row in out]
 

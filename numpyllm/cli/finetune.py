@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dropout is not None:
         model = common.with_dropout(model, args.dropout)
     common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work
+    if common.memory_check(model, args, seq_len):
+        return 0  # --dry-run: the report is all
     common.check_output_dir(
         Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir
     )

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         num_samples=args.num_samples,
+        ignore_memory_check=args.ignore_memory_check,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:

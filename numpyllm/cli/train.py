@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     common.training_arguments(args)  # checks the flags before any slow work
-    common.check_output_dir(output_dir, resume, args.overwrite_output_dir)
+    if not args.dry_run:  # a dry run writes (and deletes) nothing
+        common.check_output_dir(output_dir, resume, args.overwrite_output_dir)
     if resume is None:
         common.model_config(args, vocab_size=1)  # the model flags, checked before the data
         if args.tokenizer == "bpe" and args.vocab_size < common.MIN_BPE_VOCAB:
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenizer   {described} ({time.perf_counter() - t0:.1f} s)")
         config = common.model_config(args, tokenizer.vocab_size)
         model = GPT(config, rng=np.random.default_rng(args.seed))
+    if common.memory_check(model, args, model.config.max_seq_len):
+        return 0  # --dry-run: the report is all
     dataset = common.token_dataset(text, tokenizer, args)
     config = model.config
     n_train, n_val = len(dataset.train), len(dataset.val)
