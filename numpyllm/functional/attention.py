@@ -205,7 +205,7 @@ def attention_forward(
 
     if tq * tk > block * block:
         out, row_lse = _blocked_forward(q, k, v, causal, mask, bias, scale, scores_shape, block)
-        cache = (q, k, v, row_lse, scale, bias, None, scores_shape, causal, mask, block)
+        cache: tuple = (q, k, v, row_lse, scale, bias, None, scores_shape, causal, mask, block)
         return out, cache
     table = _additive_mask(causal, mask, tq, tk, dtype)
     scores = _masked_scores(q, k, scale, bias, table, scores_shape)  # (..., Tq, Tk)
@@ -380,11 +380,9 @@ def _check_block_size(block_size: int | None) -> int:
     return int(block_size)
 
 
-def _piece(a: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray | None:
+def _piece(a: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
     """The part of ``a`` (broadcastable to (..., Tq, Tk)) that falls on a (rows, cols) block;
     an axis of size 1 (broadcast) is kept whole."""
-    if a is None:
-        return None
     whole = slice(None)
     return a[..., rows if a.shape[-2] != 1 else whole, cols if a.shape[-1] != 1 else whole]
 
