@@ -29,9 +29,9 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -61,7 +61,10 @@ from numpyllm.training_args import TrainingArguments
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
-_SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear, "constant": constant_with_warmup}
+# name -> schedule(step, warmup_steps=..., total_steps=...) -> the learning rate's multiplier
+_SCHEDULES: dict[str, Callable[..., float]] = {
+    "cosine": warmup_cosine, "linear": warmup_linear, "constant": constant_with_warmup
+}
 
 
 def _row_length(batches: Batches) -> int | None:
@@ -164,12 +167,14 @@ class Trainer:
                 if isinstance(value, np.random.Generator):
                     yield (f"{module_name}.{attr}" if module_name else attr), value
 
-    def _rng_state(self, generators: list | None = None) -> dict[str, Any]:
+    def _rng_state(
+        self, generators: list[tuple[str, np.random.Generator]] | None = None
+    ) -> dict[str, Any]:
         """Copies of the batch Generator's state and of every model Generator's state."""
-        generators = self._model_generators() if generators is None else generators
+        named = self._model_generators() if generators is None else generators
         return {
             "batches": self.rng.bit_generator.state,
-            "model": {name: g.bit_generator.state for name, g in generators},
+            "model": {name: g.bit_generator.state for name, g in named},
         }
 
     def _set_rng_state(self, state: dict[str, Any], folder: Path) -> None:
@@ -187,7 +192,7 @@ class Trainer:
 
     # ------------------------------------------------------------- resuming
 
-    def _resume(self, spec: str | os.PathLike | bool) -> Path:
+    def _resume(self, spec: str | os.PathLike | Literal[True]) -> Path:
         folder = resolve_checkpoint(self.output_dir if spec is True else spec)
         state = read_trainer_state(folder)
         optimizer_state, scheduler_state = read_optimizer_state(folder)
@@ -227,7 +232,7 @@ class Trainer:
         if resume is None:
             resume = args.resume_from_checkpoint
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if resume not in (None, False):
+        if resume is not None and resume is not False:
             folder = self._resume(resume)
             self._print(f"resumed from {folder} at step {self.global_step}")
             self._rewrite_metrics()

@@ -62,6 +62,7 @@ here and uniform attention in Hugging Face (both meaningless).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -77,14 +78,19 @@ from numpyllm.functional.losses import (
 )
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import backward_in_parts, forward_in_parts, split_parts
+from numpyllm.models.split import (
+    SplitModel,
+    backward_in_parts,
+    forward_in_parts,
+    split_parts,
+)
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.blas import limit_small_passes
 from numpyllm.nn.feed_forward import ACTIVATIONS, FeedForward, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
-from numpyllm.nn.module import Module, ModuleList
+from numpyllm.nn.module import Module, ModuleList, forward_cache
 from numpyllm.nn.norms import Dropout, LayerNorm
 
 IGNORE_INDEX = -100
@@ -161,7 +167,7 @@ class BertEmbeddings(Module):
             self.word_embeddings.weight.data[self.pad_token_id] = 0  # torch's padding_idx init
         self.layer_norm = LayerNorm(d, eps=config.layer_norm_eps, dtype=dtype)
         self.dropout = Dropout(config.dropout, rng=child_rng(rng))
-        self._cache = None
+        self._cache: tuple[np.ndarray, bool] | None = None  # (ids, every token of type 0)
 
     def forward(self, ids: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
         """ids (B, T), token_type_ids (B, T) or None (all type 0) -> (B, T, d)."""
@@ -176,7 +182,7 @@ class BertEmbeddings(Module):
         return self.dropout(self.layer_norm(x))  # (B, T, d)
 
     def backward(self, dout: np.ndarray) -> None:
-        ids, all_type_zero = self._cache
+        ids, all_type_zero = forward_cache(self._cache, self)
         self._cache = None
         g = self.layer_norm.backward(self.dropout.backward(dout))  # (B, T, d), grad of the sum
         T = ids.shape[1]
@@ -214,7 +220,7 @@ class BertLayer(Module):
         self.attention_norm = LayerNorm(d, eps=eps, dtype=dtype)
         self.ffn = FeedForward(
             d,
-            config.d_ff,
+            config.d_ff,  # type: ignore[arg-type]  # BertConfig.__post_init__ sets it
             activation=config.activation,
             dropout=0.0,
             rng=rng,
@@ -239,10 +245,12 @@ class BertLayer(Module):
         return ds1 + dx_attn  # residual + attention branch
 
 
-class BERT(Module):
+class BERT(SplitModel):
     """BERT encoder with a masked-LM head and a sequence-classification head (see the module
     docstring for the maths and the parameter names). ``forward(..., head="mlm")`` or
     ``head="classification"`` chooses the head; the other head's parameters get no gradient."""
+
+    config: BertConfig
 
     def __init__(self, config: BertConfig, rng: np.random.Generator | None = None) -> None:
         super().__init__()
@@ -260,9 +268,9 @@ class BERT(Module):
         self.mlm_bias = init.zeros((config.vocab_size,), np.float32)
         self.classifier_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.classifier = Linear(d, config.num_labels, rng=rng, std=std)
-        self._cache = None
+        self._cache: dict[str, Any] | None = None
         self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[BERT] = []  # one per extra thread, made on first use
+        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
@@ -352,11 +360,11 @@ class BERT(Module):
     # ---- forward / backward ----------------------------------------------------------
     # BLAS threads in an unsplit forward/backward: "auto" runs small passes on one thread
     # (see numpyllm.nn.blas), an int or None sets it.
-    blas_threads: int | None | str = "auto"
+    blas_threads: int | Literal["auto"] | None = "auto"
     # A batch of B >= 2 rows is split in min(num_threads, B) parts computed at once, one
     # thread each (numpyllm.models.split); "auto" = the cores this process may use, for
     # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel).
-    num_threads: int | str = "auto"
+    num_threads: int | Literal["auto"] = "auto"
 
     @limit_small_passes
     def forward(
@@ -416,7 +424,8 @@ class BERT(Module):
         hidden = x
         pooled, pool_act_cache = tanh_forward(self.pooler(hidden[:, 0]))  # (B, d) -> (B, d)
 
-        loss, loss_cache, head_cache = None, None, None
+        loss, loss_cache = None, None
+        head_cache: tuple | np.ndarray
         if head == "mlm":
             t = self.mlm_transform(hidden)  # (B, T, d) -> (B, T, d)
             t, act_cache = self.mlm_act_forward(t)

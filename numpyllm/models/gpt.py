@@ -26,6 +26,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from numpyllm.nn.blas import blas_threads, threads_for_pass
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
-from numpyllm.nn.module import Module, ModuleList
+from numpyllm.nn.module import Module, ModuleList, forward_cache
 from numpyllm.nn.norms import Dropout, LayerNorm
 from numpyllm.nn.parallel import (
     add_replica_gradients,
@@ -142,7 +143,8 @@ class CausalSelfAttention(Module):
         self.n_head = n_head
         self.c_attn = Linear(d_model, 3 * d_model, rng=rng, std=std, dtype=dtype)
         self.c_proj = Linear(d_model, d_model, rng=rng, std=out_std, dtype=dtype)
-        self._cache = None
+        # (per block of rows: its slice and attention cache), the heads' output (B, T, d)
+        self._cache: tuple[list[tuple[slice, tuple]], np.ndarray] | None = None
 
     def forward(
         self,
@@ -157,7 +159,8 @@ class CausalSelfAttention(Module):
         """
         B, T, d = x.shape
         H = self.n_head
-        qkv, _ = linear_forward(x, self.c_attn.weight.data, self.c_attn.bias.data)  # (B, T, 3d)
+        w_attn, b_attn = self.c_attn.weight.data, self.c_attn.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
+        qkv, _ = linear_forward(x, w_attn, b_attn)  # (B, T, d) -> (B, T, 3d)
         qkv = qkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # -> (3, B, H, T, dh) view
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, dh), strided views
         if past_kv is not None:
@@ -165,7 +168,7 @@ class CausalSelfAttention(Module):
             v = np.concatenate((past_kv[1], v), axis=2)  # -> (B, H, P + T, dh)
         merged = np.empty((B, T, d), dtype=q.dtype)  # the heads side by side: c_proj's input
         merged_heads = merged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # (B, H, T, dh) view
-        attn_caches = []
+        attn_caches: list[tuple[slice, tuple]] = []
         for rows in _attention_row_blocks(B, self.blocks.attention_elements, H * T * k.shape[2]):
             # causal with T < P + T is end-aligned: query i sees keys 0 .. P + i
             out, attn_cache = attention_forward(
@@ -180,7 +183,7 @@ class CausalSelfAttention(Module):
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the three projections' gradients land in one (B, T, 3d)
         buffer so c_attn's backward is one matmul. x is rebuilt from ``norm``, which made it."""
-        (attn_caches, merged), self._cache = self._cache, None
+        (attn_caches, merged), self._cache = forward_cache(self._cache, self), None
         B, T, d = merged.shape
         H = self.n_head
         dmerged = self.c_proj.backward(dout)  # (B, T, d)
@@ -228,7 +231,7 @@ class MLP(Module):
         self.act_forward, self.act_backward = activation_pair(activation)
         self.c_fc = Linear(d_model, d_ff, rng=rng, std=std, dtype=dtype)
         self.c_proj = Linear(d_ff, d_model, rng=rng, std=out_std, dtype=dtype)
-        self._pre = None
+        self._pre: np.ndarray | None = None  # the pre-activation (B, T, d_ff)
 
     def forward(self, x: np.ndarray, keep: bool = True) -> np.ndarray:
         """x (B, T, d) -> (B, T, d). Rows are independent, so the forward runs over blocks of
@@ -236,8 +239,8 @@ class MLP(Module):
         block's worth. Only the pre-activation is kept, and only if ``keep``: the backward
         recomputes the activation (memory over one pass)."""
         x2 = x.reshape(-1, x.shape[-1])  # (N, d)
-        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data
-        w_proj, b_proj = self.c_proj.weight.data, self.c_proj.bias.data
+        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
+        w_proj, b_proj = self.c_proj.weight.data, self.c_proj.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
         pre = np.empty((len(x2), w_fc.shape[1]), dtype=x2.dtype) if keep else None  # (N, d_ff)
         out = np.empty_like(x2)  # (N, d)
         for r in _row_blocks(len(x2), self.blocks.mlp_rows):
@@ -251,7 +254,8 @@ class MLP(Module):
 
     def forward_pre(self, x: np.ndarray) -> None:
         """Only the part of the forward the backward needs: the pre-activation, kept."""
-        self._pre, _ = linear_forward(x, self.c_fc.weight.data, self.c_fc.bias.data)  # (B, T, d_ff)
+        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
+        self._pre, _ = linear_forward(x, w_fc, b_fc)  # (B, T, d) -> (B, T, d_ff)
 
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it.
@@ -261,7 +265,7 @@ class MLP(Module):
         the (rows, d_ff) temporaries (activation, its cache, its gradient) then cost one
         block's worth, not the batch's (they are the largest arrays of a block's backward).
         """
-        pre, self._pre = self._pre, None
+        pre, self._pre = forward_cache(self._pre, self), None
         d_ff = pre.shape[-1]
         pre2 = pre.reshape(-1, d_ff)  # (N, d_ff)
         dout2 = dout.reshape(-1, dout.shape[-1])  # (N, d)
@@ -295,12 +299,13 @@ class Block(Module):
             d, config.n_head, rng, std=config.init_std, out_std=out_std, dtype=dtype
         )
         self.ln_2 = LayerNorm(d, eps=config.layer_norm_eps, dtype=dtype)
+        d_ff: int = config.d_ff  # type: ignore[assignment]  # GPTConfig.__post_init__ sets it
         self.mlp = MLP(
-            d, config.d_ff, config.activation, rng, config.init_std, out_std=out_std, dtype=dtype
+            d, d_ff, config.activation, rng, config.init_std, out_std=out_std, dtype=dtype
         )
         self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.drop_mlp = Dropout(config.dropout, rng=child_rng(rng))
-        self._saved = None  # (x, mask, dropout states) when the forward recomputes
+        self._saved: tuple | None = None  # (x, mask, dropout states) when the forward recomputes
 
     def forward(
         self,
@@ -384,9 +389,9 @@ class GPT(Module):
     own setting otherwise.
     """
 
-    num_threads: int | str = "auto"
+    num_threads: int | Literal["auto"] = "auto"
     recompute_activations: bool = False
-    blas_threads: int | None | str = "auto"
+    blas_threads: int | Literal["auto"] | None = "auto"
 
     def _threads_for(self, batch: int, seq: int) -> int | None:
         # Measured on 2 busy cores: d=384 x 2k tokens trained at 2.4k tokens/s on 1 thread,
@@ -405,8 +410,9 @@ class GPT(Module):
         self.drop = Dropout(config.dropout, rng=child_rng(rng))
         self.h = ModuleList([Block(config, rng) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)
-        self._cache = None
-        self._parts = None  # (models, row slices, loss weights) of a split forward
+        self._cache: dict[str, Any] | None = None
+        # (models, row slices, loss weights) of a split forward
+        self._parts: tuple[list[GPT], list[slice], list[float] | None] | None = None
         self._replicas: list[GPT] = []  # one per extra thread, made on first use
 
     # ---- input checks --------------------------------------------------------------
@@ -457,7 +463,7 @@ class GPT(Module):
             if past_len is not None and k.shape[2] != past_len:
                 raise ValueError("past_key_values layers hold different cached lengths")
             past_len = k.shape[2]
-        return int(past_len)
+        return 0 if past_len is None else int(past_len)
 
     def _key_mask(self, attention_mask, batch: int, total: int) -> np.ndarray | None:
         """attention_mask (B, P + T), 1 = real token, 0 = padding -> boolean (B, 1, 1, P + T),
@@ -567,7 +573,7 @@ class GPT(Module):
         The loss is the token-weighted mean of the parts' losses, L = sum_i (n_i / n) L_i,
         so ``_backward_parts`` starts part i from dL/dL_i = n_i / n.
         """
-        models = [self, *synced_replicas(self, len(parts) - 1)]
+        models = [self, *synced_replicas(self, self._replicas, len(parts) - 1)]
         for replica in models[1:]:
             object.__setattr__(replica, "recompute_activations", self.recompute_activations)
         B, T = ids.shape
@@ -599,10 +605,10 @@ class GPT(Module):
     def _backward_parts(self, dlogits: np.ndarray | None) -> None:
         """Each part's backward on its own thread; then the replicas' gradients are added
         into this model's (the first part accumulated into them directly)."""
-        models, parts, weights = self._parts
+        models, parts, weights = forward_cache(self._parts, self)
         if dlogits is not None:
             dlogits = np.asarray(dlogits)
-            expected = (parts[-1].stop, *self._cache["logits_shape"][1:])
+            expected = (parts[-1].stop, *forward_cache(self._cache, self)["logits_shape"][1:])
             if dlogits.shape != expected:
                 raise ValueError(f"dlogits must have shape {expected}, got {dlogits.shape}")
         elif weights is None:
@@ -633,10 +639,10 @@ class GPT(Module):
                 for event in blocks_done:
                     event.set()
 
-        def start(i: int) -> tuple:
+        def start(i: int) -> tuple[np.ndarray | None, float]:
             if dlogits is not None:
-                return (dlogits[parts[i]],)
-            return (None, weights[i] if weights else 1.0)
+                return dlogits[parts[i]], 1.0  # dloss is not read when dlogits is given
+            return None, weights[i] if weights else 1.0
 
         def replica_part(i: int):
             replica = models[i]
@@ -676,7 +682,7 @@ class GPT(Module):
         for i, block in enumerate(self.h):
             past_kv = past_key_values[i] if past_key_values is not None else None
             x = block(x, mask, past_kv, use_cache, self.recompute_activations)  # (B, T, d)
-            if use_cache:
+            if presents is not None:
                 x, present = x
                 presents.append(present)
         hidden = self.ln_f(x)  # (B, T, d)
@@ -810,5 +816,5 @@ def _linear_backward(linear: Linear, dout: np.ndarray, x: np.ndarray) -> np.ndar
     accumulates its weight and bias gradients and returns dx."""
     dx, dweight, dbias = linear_backward(dout, (x, linear.weight.data, True))
     linear.weight.grad += dweight
-    linear.bias.grad += dbias
+    linear.bias.grad += dbias  # type: ignore[union-attr]  # GPT's projections all have a bias
     return dx

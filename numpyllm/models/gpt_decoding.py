@@ -158,5 +158,6 @@ def _norm(norm: LayerNorm, x: np.ndarray) -> np.ndarray:
 def _affine(linear: Linear, x: np.ndarray) -> np.ndarray:
     """x W + b over x's last axis, the leading axes folded so BLAS sees one 2-D product."""
     y = x.reshape(-1, x.shape[-1]) @ linear.weight.data  # (N, d_in) @ (d_in, d_out)
-    y += linear.bias.data
+    if linear.bias is not None:
+        y += linear.bias.data
     return y.reshape(*x.shape[:-1], -1)

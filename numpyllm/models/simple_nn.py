@@ -37,7 +37,8 @@ def _uniform_init(layer: Linear, rng: np.random.Generator) -> None:
     bound = 1.0 / np.sqrt(fan_in)
     dtype = layer.weight.dtype
     layer.weight.data[...] = rng.uniform(-bound, bound, layer.weight.shape).astype(dtype)
-    layer.bias.data[...] = rng.uniform(-bound, bound, layer.bias.shape).astype(dtype)
+    if layer.bias is not None:
+        layer.bias.data[...] = rng.uniform(-bound, bound, layer.bias.shape).astype(dtype)
 
 
 class SimpleNN(Module):
@@ -57,7 +58,7 @@ class SimpleNN(Module):
         self.output = Linear(hidden, 1, rng=rng)
         _uniform_init(self.hidden, rng)
         _uniform_init(self.output, rng)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def _check_x(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -116,9 +117,12 @@ class SimpleNN(Module):
         """p = sigmoid(logits), shape (N, 1): the article's forward output."""
         x = self._check_x(x)
         # the functional ops directly: a prediction leaves the layers' caches alone
-        z, _ = linear_forward(x, self.hidden.weight.data, self.hidden.bias.data)  # (N, hidden)
+        hidden, output = self.hidden, self.output
+        b_hidden = None if hidden.bias is None else hidden.bias.data
+        b_output = None if output.bias is None else output.bias.data
+        z, _ = linear_forward(x, hidden.weight.data, b_hidden)  # (N, in) -> (N, hidden)
         a, _ = relu_forward(z)
-        logits, _ = linear_forward(a, self.output.weight.data, self.output.bias.data)  # (N, 1)
+        logits, _ = linear_forward(a, output.weight.data, b_output)  # (N, hidden) -> (N, 1)
         p, _ = sigmoid_forward(logits)
         return p
 

@@ -107,6 +107,7 @@ the FFN ~ N(0, f^2 / d_ff); position tables ~ N(0, f^2 / d); norm weights = 1
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -115,7 +116,12 @@ from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import backward_in_parts, forward_in_parts, split_parts
+from numpyllm.models.split import (
+    SplitModel,
+    backward_in_parts,
+    forward_in_parts,
+    split_parts,
+)
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
 from numpyllm.nn.blas import limit_small_passes
@@ -263,6 +269,8 @@ class T5Block(Module):
         x = x + self.self_attn_dropout(a)  # residual
         present_cross = None
         if self.is_decoder:
+            if encoder_hidden_states is None:  # else the cross-attention would attend to x
+                raise ValueError("a T5 decoder block needs encoder_hidden_states")
             h = self.cross_attn_norm(x)  # (B, T, d)
             if cached:  # the encoder's keys and values: projected once, then reused
                 present_cross = past_cross
@@ -321,7 +329,8 @@ class T5Stack(Module):
 
     def __init__(self, config: T5Config, is_decoder: bool, rng: np.random.Generator) -> None:
         super().__init__()
-        n_blocks = config.n_decoder_layer if is_decoder else config.n_layer
+        n_decoder: int = config.n_decoder_layer  # type: ignore[assignment]  # set by __post_init__
+        n_blocks = n_decoder if is_decoder else config.n_layer
         self.is_decoder = is_decoder
         self.embed_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.relative_attention_bias = RelativePositionBias(
@@ -377,12 +386,15 @@ class T5Stack(Module):
             dbias_sum = dbias if dbias_sum is None else dbias_sum + dbias  # (1, H, T, T)
             if dencoder is not None:
                 dencoder_sum = dencoder if dencoder_sum is None else dencoder_sum + dencoder
-        self.relative_attention_bias.backward(dbias_sum)
+        if dbias_sum is not None:  # None only for a stack of no blocks
+            self.relative_attention_bias.backward(dbias_sum)
         return self.embed_dropout.backward(dh), dencoder_sum
 
 
-class T5(Module):
+class T5(SplitModel):
     """T5 for conditional generation: encoder, decoder, shared embedding, language-model head."""
+
+    config: T5Config
 
     def __init__(self, config: T5Config, rng: np.random.Generator | None = None) -> None:
         super().__init__()
@@ -400,7 +412,7 @@ class T5(Module):
             self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, rng=rng, std=f)
         self._state: dict | None = None
         self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[T5] = []  # one per extra thread, made on first use
+        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
 
     # ---- input checks ----------------------------------------------------------------
     def _check_ids(self, name: str, ids) -> np.ndarray:
@@ -457,12 +469,12 @@ class T5(Module):
 
     # BLAS threads in encode and an unsplit forward/backward: "auto" runs small passes on one
     # thread (see numpyllm.nn.blas), an int or None sets it.
-    blas_threads: int | None | str = "auto"
+    blas_threads: int | Literal["auto"] | None = "auto"
     # A training batch of B >= 2 rows is split in min(num_threads, B) parts computed at once,
     # one thread each (numpyllm.models.split); "auto" = the cores this process may use, for
     # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel). A
     # forward with past_key_values or use_cache (generation) is never split.
-    num_threads: int | str = "auto"
+    num_threads: int | Literal["auto"] = "auto"
 
     @limit_small_passes
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
@@ -564,6 +576,8 @@ class T5(Module):
         cached = use_cache or past is not None
         enc_emb_cache = None
         if enc is None:
+            if ids is None:
+                raise ValueError("T5 needs input_ids, or encoder_outputs from encode()")
             enc_emb, enc_emb_cache = self._embed(ids)  # (B, T, d)
             enc, _ = self.encoder(enc_emb, mask=enc_mask)  # (B, T, d)
 
@@ -584,8 +598,8 @@ class T5(Module):
 
         loss, loss_cache = None, None
         if labels is not None:
-            loss, loss_cache = cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX)
-            loss = float(loss)
+            loss_value, loss_cache = cross_entropy_forward(logits, labels, IGNORE_INDEX)
+            loss = float(loss_value)
         self._state = {
             "cached": cached,
             "logits_shape": logits.shape,
@@ -647,7 +661,7 @@ class T5(Module):
             dh = self.lm_head.backward(dlogits)  # (B, S, V) -> (B, S, d)
         ddec_emb, denc = self.decoder.backward(dh)
         shared.grad += embedding_backward(ddec_emb, state["dec_emb_cache"])
-        if state["enc_emb_cache"] is not None:
+        if state["enc_emb_cache"] is not None and denc is not None:  # the encoder ran
             denc_emb, _ = self.encoder.backward(denc)  # (B, T, d)
             shared.grad += embedding_backward(denc_emb, state["enc_emb_cache"])
 

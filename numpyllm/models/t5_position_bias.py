@@ -82,6 +82,7 @@ def relative_position_bucket(
             f"(num_buckets={num_buckets}, bidirectional={bidirectional})"
         )
     relative_position = relative_position.astype(np.int64)
+    offset: np.ndarray | int
     if bidirectional:
         offset = np.where(relative_position > 0, per_direction, 0)  # keys after the query
         distance = np.abs(relative_position)
@@ -127,7 +128,7 @@ class RelativePositionBias(Module):
         self.max_distance = max_distance
         self.bidirectional = bidirectional
         self.weight = init.normal(rng, (num_buckets, n_head), std, dtype)
-        self._cache = None
+        self._cache: tuple | None = None
 
     def buckets(self, query_length: int, key_length: int, offset: int = 0) -> np.ndarray:
         """(Tq, Tk) bucket indices for queries at offset + i and keys at j."""

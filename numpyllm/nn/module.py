@@ -10,7 +10,7 @@ called twice before its backward keeps only the last call's cache.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
-    def backward(self, dout: Any) -> Any:
+    def backward(self, *args: Any, **kwargs: Any) -> Any:  # usually (dout) -> dx
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
     def train(self, mode: bool = True) -> Module:
@@ -158,22 +158,27 @@ class Module:
         return "\n".join(lines) if len(lines) > 2 else f"{type(self).__name__}()"
 
 
-class ModuleList(Module):
+ModuleT = TypeVar("ModuleT", bound=Module)
+
+
+class ModuleList(Module, Generic[ModuleT]):
     """An indexable list of modules, named "0", "1", ... in parameter names."""
 
-    def __init__(self, modules: list[Module] | None = None) -> None:
+    _modules: dict[str, ModuleT]  # type: ignore[assignment]  # only ModuleT are appended
+
+    def __init__(self, modules: list[ModuleT] | None = None) -> None:
         super().__init__()
         for module in modules or []:
             self.append(module)
 
-    def append(self, module: Module) -> None:
+    def append(self, module: ModuleT) -> None:
         setattr(self, str(len(self._modules)), module)
 
-    def __getitem__(self, index: int) -> Module:
+    def __getitem__(self, index: int) -> ModuleT:
         return list(self._modules.values())[index]
 
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self) -> Iterator[Module]:
+    def __iter__(self) -> Iterator[ModuleT]:
         return iter(list(self._modules.values()))

@@ -24,11 +24,11 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from numpyllm.nn.module import Module
+from numpyllm.nn.module import Module, ModuleT
 from numpyllm.nn.parameter import Parameter
 
 _pool: ThreadPoolExecutor | None = None
@@ -99,7 +99,10 @@ def batch_slices(batch: int, parts: int) -> list[slice]:
     return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def replicate(module: Module) -> Module:
+TreeT = TypeVar("TreeT", bound=Module)  # a module inside the tree being replicated
+
+
+def replicate(module: ModuleT) -> ModuleT:
     """A copy of ``module``'s tree whose parameters share the original's ``data`` arrays.
 
     Module objects are new (so forward caches are the replica's own), as are Parameter
@@ -108,7 +111,7 @@ def replicate(module: Module) -> Module:
     """
     clones: dict[int, Any] = {}
 
-    def clone_module(m: Module) -> Module:
+    def clone_module(m: TreeT) -> TreeT:
         if id(m) in clones:
             return clones[id(m)]
         c = copy.copy(m)
@@ -137,21 +140,21 @@ def sync_replica(module: Module, replica: Module) -> None:
     exactly)."""
     for p, r in zip(module.parameters(), replica.parameters(), strict=True):
         r.data = p.data
-    for m, r in zip(module.modules(), replica.modules(), strict=True):
-        object.__setattr__(r, "training", m.training)
+    for m, r_module in zip(module.modules(), replica.modules(), strict=True):
+        object.__setattr__(r_module, "training", m.training)
         rng = vars(m).get("rng")
         if isinstance(rng, np.random.Generator) and m.training and getattr(m, "p", 0) > 0:
-            object.__setattr__(r, "rng", np.random.default_rng(rng.integers(2**63)))
+            object.__setattr__(r_module, "rng", np.random.default_rng(rng.integers(2**63)))
 
 
-def synced_replicas(module: Module, count: int) -> list[Module]:
-    """``count`` replicas of ``module``, made on first use and kept in its ``_replicas`` list,
-    each synced to it (``sync_replica``) for the pass about to run."""
-    while len(module._replicas) < count:
+def synced_replicas(module: ModuleT, kept: list[ModuleT], count: int) -> list[ModuleT]:
+    """``count`` replicas of ``module``, made on first use and kept in ``kept`` (the module's
+    own ``_replicas`` list), each synced to it (``sync_replica``) for the pass about to run."""
+    while len(kept) < count:
         replica = replicate(module)
         object.__setattr__(replica, "_replicas", [])  # not the module's list: a replica has none
-        module._replicas.append(replica)
-    replicas = module._replicas[:count]
+        kept.append(replica)
+    replicas = kept[:count]
     for replica in replicas:
         sync_replica(module, replica)
     return replicas
@@ -168,4 +171,4 @@ def add_replica_gradients(module: Module, replica: Module) -> None:
     """module.grad += replica.grad for every parameter; the replica's gradients are freed."""
     for p, r in zip(module.parameters(), replica.parameters(), strict=True):
         p.grad += r.grad
-        r.grad = None
+        r.grad = None  # type: ignore[assignment]  # freed until zero_replica_gradients

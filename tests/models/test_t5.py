@@ -678,3 +678,13 @@ def test_config_defaults_follow_t5_small():
     )  # fmt: skip
     assert cfg.n_decoder_layer == 6 and (cfg.activation, cfg.gated) == ("relu", False)
     assert (T5Config(feed_forward="gated-gelu").activation, T5Config().dropout) == ("gelu_new", 0.1)
+
+
+def test_the_decoder_stack_needs_the_encoder_output():
+    """Without encoder states a decoder block's cross-attention would attend to its own input."""
+    model = float64_model()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8))
+    with pytest.raises(ValueError, match="needs encoder_hidden_states"):
+        model.decoder(x)
+    out, _ = model.decoder(x, encoder_hidden_states=np.ones((1, 4, 8)))
+    assert out.shape == (1, 3, 8)

@@ -385,13 +385,13 @@ def test_part_count_follows_the_setting_and_the_size_of_the_pass(monkeypatch):
 def test_synced_replicas_are_made_once_kept_and_follow_the_module():
     tree = Tree()
     object.__setattr__(tree, "_replicas", [])
-    first = synced_replicas(tree, 2)
+    first = synced_replicas(tree, tree._replicas, 2)
     assert len(first) == 2 and tree._replicas == first
     assert all(r._replicas == [] and r._replicas is not tree._replicas for r in first)
-    assert synced_replicas(tree, 1) == first[:1]  # kept, not made again
+    assert synced_replicas(tree, tree._replicas, 1) == first[:1]  # kept, not made again
     tree.first.weight.data = np.zeros((2, 3))  # rebound, as an optimizer may
     tree.eval()
-    again = synced_replicas(tree, 3)
+    again = synced_replicas(tree, tree._replicas, 3)
     assert again[:2] == first and len(tree._replicas) == 3
     for replica in again:
         assert replica.first.weight.data is tree.first.weight.data
