@@ -69,8 +69,9 @@ _SCHEDULES: dict[str, Callable[..., float]] = {
 
 def _row_length(batches: Batches) -> int | None:
     """Tokens per training row: LMBatches' seq_len, or the width of the input_ids arrays."""
-    if getattr(batches, "seq_len", None) is not None:
-        return int(batches.seq_len)  # type: ignore[attr-defined]
+    seq_len = getattr(batches, "seq_len", None)
+    if seq_len is not None:
+        return int(seq_len)
     ids = getattr(batches, "train", {}).get("input_ids") if hasattr(batches, "train") else None
     return int(ids.shape[1]) if ids is not None and np.ndim(ids) == 2 else None
 

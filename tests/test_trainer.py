@@ -260,6 +260,12 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         trainer.train()
 
 
+def test_train_resume_false_overrides_the_arguments(tmp_path):
+    args = make_args(tmp_path, max_steps=2, resume_from_checkpoint=True)
+    metrics = Trainer(tiny_gpt(), args, toy_dataset()).train(resume_from_checkpoint=False)
+    assert metrics["global_step"] == 2  # a fresh run: nothing was looked up to resume
+
+
 def test_resume_needs_the_dropout_state(tmp_path, monkeypatch):
     """Control: restore everything but the dropout Generators and the result differs."""
     straight = tiny_gpt(dropout=0.2)

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 #: Model sizes. The context length (seq_len) is also the length of a training row.
 PRESETS: dict[str, dict[str, int]] = {
@@ -72,7 +72,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``numpyllm: error: ...`` (exit 2)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"numpyllm: error: {message} (see '{self.prog} --help')\n")
 
 
