@@ -348,7 +348,7 @@ class Trainer:
         return loss, grad_norm
 
     def _clip_gradients(self) -> float:
-        params = self.model.parameters()
+        params = [p for p in self.model.parameters() if p.requires_grad]
         if self.args.max_grad_norm:
             return clip_grad_norm(params, self.args.max_grad_norm)
         total = 0.0

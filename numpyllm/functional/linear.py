@@ -28,8 +28,8 @@ def linear_forward(
 
 
 def linear_backward(
-    dout: np.ndarray, cache: tuple
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    dout: np.ndarray, cache: tuple, need_weight: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients of y = x W + b.
 
     With y_nj = sum_i x_ni W_ij + b_j and upstream g_nj = dL/dy_nj:
@@ -37,12 +37,15 @@ def linear_backward(
         dL/dx_ni = sum_j g_nj W_ij        ->  dx = g W^T
         dL/dW_ij = sum_n x_ni g_nj        ->  dW = x^T g   (summed over every leading axis)
         dL/db_j  = sum_n g_nj             ->  db = 1^T g, g summed over all rows
+
+    ``need_weight=False`` (a frozen W) skips the x^T g product, as costly as the
+    forward's, and returns None for dW.
     """
     x, weight, has_bias = cache
     g2 = dout.reshape(-1, dout.shape[-1])  # (N, d_out)
     x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
     dx = (g2 @ weight.T).reshape(x.shape)  # (N, d_out) @ (d_out, d_in) -> (..., d_in)
-    dweight = x2.T @ g2  # (d_in, N) @ (N, d_out) -> (d_in, d_out)
+    dweight = x2.T @ g2 if need_weight else None  # (d_in, N) @ (N, d_out) -> (d_in, d_out)
     # The column sums as a product with a ones vector: BLAS reads g once, with wide
     # accumulators (measured 1.2-2.3x faster than g.sum(axis=0), and more accurate).
     dbias = np.ones(len(g2), dtype=g2.dtype) @ g2 if has_bias else None  # (N,) @ (N, d_out)

@@ -186,9 +186,11 @@ class BertEmbeddings(Module):
         self._cache = None
         g = self.layer_norm.backward(self.dropout.backward(dout))  # (B, T, d), grad of the sum
         T = ids.shape[1]
-        self.position_embeddings.weight.grad[:T] += g.sum(axis=0)  # (B, T, d) -> (T, d)
+        if self.position_embeddings.weight.requires_grad:
+            self.position_embeddings.weight.grad[:T] += g.sum(axis=0)  # (B, T, d) -> (T, d)
         if all_type_zero:
-            self.token_type_embeddings.weight.grad[0] += g.sum(axis=(0, 1))  # -> (d,)
+            if self.token_type_embeddings.weight.requires_grad:
+                self.token_type_embeddings.weight.grad[0] += g.sum(axis=(0, 1))  # -> (d,)
         else:
             self.token_type_embeddings.backward(g)  # scatter-add into the type rows
         if self.pad_token_id is not None:
@@ -492,9 +494,14 @@ class BERT(SplitModel):
         B, T, d = cache["shape"]
         if cache["head"] == "mlm":
             act_cache, decoder_cache = cache["head_cache"]
-            dn, ddecoder, dbias = linear_backward(dlogits, decoder_cache)  # dn (B, T, d)
-            self.embeddings.word_embeddings.weight.grad += ddecoder.T  # (d, V) -> (V, d)
-            self.mlm_bias.grad += dbias  # (V,)
+            table = self.embeddings.word_embeddings.weight
+            dn, ddecoder, dbias = linear_backward(
+                dlogits, decoder_cache, need_weight=table.requires_grad
+            )  # dn (B, T, d)
+            if ddecoder is not None:
+                table.grad += ddecoder.T  # (d, V) -> (V, d)
+            if self.mlm_bias.requires_grad:
+                self.mlm_bias.grad += dbias  # (V,)
             da = self.mlm_norm.backward(dn)  # (B, T, d)
             du = self.mlm_act_backward(da, act_cache)  # (B, T, d)
             dx = self.mlm_transform.backward(du)  # (B, T, d)

@@ -31,7 +31,6 @@ from typing import Any, Literal
 import numpy as np
 
 from numpyllm.functional.attention import attention_backward, attention_forward
-from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.models import checks
 from numpyllm.models.gpt_decoding import GPTDecoder
@@ -159,8 +158,7 @@ class CausalSelfAttention(Module):
         """
         B, T, d = x.shape
         H = self.n_head
-        w_attn, b_attn = self.c_attn.weight.data, self.c_attn.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
-        qkv, _ = linear_forward(x, w_attn, b_attn)  # (B, T, d) -> (B, T, 3d)
+        qkv = self.c_attn.project(x)  # (B, T, d) -> (B, T, 3d); x is rebuilt for the backward
         qkv = qkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # -> (3, B, H, T, dh) view
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, dh), strided views
         if past_kv is not None:
@@ -196,7 +194,7 @@ class CausalSelfAttention(Module):
             dqkv_heads[0, rows] = dq  # each (b, H, T, dh)
             dqkv_heads[1, rows] = dk
             dqkv_heads[2, rows] = dv
-        return _linear_backward(self.c_attn, dqkv, norm.output())  # (B, T, 3d) -> (B, T, d)
+        return self.c_attn.backward_from_input(dqkv, norm.output())  # (B, T, 3d) -> (B, T, d)
 
 
 def _attention_row_blocks(batch: int, elements: int, per_row: int) -> list[slice]:
@@ -239,23 +237,19 @@ class MLP(Module):
         block's worth. Only the pre-activation is kept, and only if ``keep``: the backward
         recomputes the activation (memory over one pass)."""
         x2 = x.reshape(-1, x.shape[-1])  # (N, d)
-        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
-        w_proj, b_proj = self.c_proj.weight.data, self.c_proj.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
-        pre = np.empty((len(x2), w_fc.shape[1]), dtype=x2.dtype) if keep else None  # (N, d_ff)
+        d_ff = self.c_fc.out_features
+        pre = np.empty((len(x2), d_ff), dtype=x2.dtype) if keep else None  # (N, d_ff)
         out = np.empty_like(x2)  # (N, d)
         for r in _row_blocks(len(x2), self.blocks.mlp_rows):
-            pre_r = np.matmul(x2[r], w_fc, out=None if pre is None else pre[r])  # (rows, d_ff)
-            pre_r += b_fc
+            pre_r = self.c_fc.project(x2[r], out=None if pre is None else pre[r])  # (rows, d_ff)
             hidden, _ = self.act_forward(pre_r)
-            np.matmul(hidden, w_proj, out=out[r])  # (rows, d_ff) -> (rows, d)
-        out += b_proj
+            self.c_proj.project(hidden, out=out[r])  # (rows, d_ff) -> (rows, d)
         self._pre = None if pre is None else pre.reshape(*x.shape[:-1], -1)
         return out.reshape(x.shape)
 
     def forward_pre(self, x: np.ndarray) -> None:
         """Only the part of the forward the backward needs: the pre-activation, kept."""
-        w_fc, b_fc = self.c_fc.weight.data, self.c_fc.bias.data  # type: ignore[union-attr]  # GPT's projections all have a bias
-        self._pre, _ = linear_forward(x, w_fc, b_fc)  # (B, T, d) -> (B, T, d_ff)
+        self._pre = self.c_fc.project(x)  # (B, T, d) -> (B, T, d_ff)
 
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it.
@@ -273,10 +267,10 @@ class MLP(Module):
         dx = np.empty_like(x2)
         for r in _row_blocks(len(pre2), self.blocks.mlp_rows):
             hidden, act_cache = self.act_forward(pre2[r])  # (rows, d_ff) again, and its cache
-            dhidden = _linear_backward(self.c_proj, dout2[r], hidden)  # (rows, d_ff)
+            dhidden = self.c_proj.backward_from_input(dout2[r], hidden)  # (rows, d_ff)
             del hidden  # freed before the activation's backward allocates
             dpre = self.act_backward(dhidden, act_cache)
-            dx[r] = _linear_backward(self.c_fc, dpre, x2[r])  # (rows, d_ff) -> (rows, d)
+            dx[r] = self.c_fc.backward_from_input(dpre, x2[r])  # (rows, d_ff) -> (rows, d)
         return dx.reshape(dout.shape)
 
 
@@ -749,7 +743,8 @@ class GPT(Module):
         past_len = cache["past_len"]
         del cache  # with dlogits below: the (B, T, V) buffers are not kept through the blocks
         dlogits2 = dlogits.reshape(B * T, -1)  # (B*T, V)
-        self.wte.weight.grad += dlogits2.T @ hidden.reshape(B * T, d)  # (V, B*T) @ (B*T, d)
+        if self.wte.weight.requires_grad:
+            self.wte.weight.grad += dlogits2.T @ hidden.reshape(B * T, d)  # (V, B*T) @ (B*T, d)
         dx = (dlogits2 @ head).reshape(B, T, d)  # (B*T, V) @ (V, d) -> (B, T, d)
         del dlogits, dlogits2, hidden
         dx = self.ln_f.backward(dx)
@@ -760,7 +755,8 @@ class GPT(Module):
             if after_block is not None:  # (hooks for the split backward, _backward_parts)
                 after_block(i)
         dx = self.drop.backward(dx)
-        self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)
+        if self.wpe.weight.requires_grad:
+            self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)
         self.wte.backward(dx)  # scatter-add into wte.grad
 
     # ---- cost model --------------------------------------------------------------------
@@ -810,11 +806,3 @@ class GPT(Module):
 
         save_gpt2(self, path)
 
-
-def _linear_backward(linear: Linear, dout: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Backward of ``linear`` applied to x by ``linear_forward`` (so it cached nothing):
-    accumulates its weight and bias gradients and returns dx."""
-    dx, dweight, dbias = linear_backward(dout, (x, linear.weight.data, True))
-    linear.weight.grad += dweight
-    linear.bias.grad += dbias  # type: ignore[union-attr]  # GPT's projections all have a bias
-    return dx

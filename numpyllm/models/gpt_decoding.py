@@ -37,7 +37,6 @@ from numpyllm.nn.blas import blas_threads
 
 if TYPE_CHECKING:
     from numpyllm.models.gpt import GPT, Block
-    from numpyllm.nn.linear import Linear
     from numpyllm.nn.norms import LayerNorm
 
 # Weight matrices of at least this many elements make a step use BLAS's own thread count
@@ -119,17 +118,17 @@ class GPTDecoder:
         a = x + attn(ln_1(x)), y = a + mlp(ln_2(a))."""
         B, T, d = x.shape
         H = block.attn.n_head
-        qkv = _affine(block.attn.c_attn, _norm(block.ln_1, x))  # (B, T, 3d)
+        qkv = block.attn.c_attn.project(_norm(block.ln_1, x))  # (B, T, 3d)
         q, k, v = qkv.reshape(B, T, 3, H, d // H).transpose(2, 0, 3, 1, 4)  # (B, H, T, dh) views
         keys, values = self.keys[layer], self.values[layer]
         keys[:, :, P : P + T] = k  # the new tokens' columns, written in place
         values[:, :, P : P + T] = v
         # causal, end-aligned: new query i sees the P cached keys and new keys 0 .. i
         heads = attention_inference(q, keys[:, :, : P + T], values[:, :, : P + T], causal=True)
-        x += _affine(block.attn.c_proj, merge_heads(heads))  # (B, H, T, dh) -> (B, T, d)
+        x += block.attn.c_proj.project(merge_heads(heads))  # (B, H, T, dh) -> (B, T, d)
         mlp = block.mlp
-        hidden, _ = mlp.act_forward(_affine(mlp.c_fc, _norm(block.ln_2, x)))  # (B, T, d_ff)
-        x += _affine(mlp.c_proj, hidden)
+        hidden, _ = mlp.act_forward(mlp.c_fc.project(_norm(block.ln_2, x)))  # (B, T, d_ff)
+        x += mlp.c_proj.project(hidden)
         return x
 
     def _check_ids(self, ids: np.ndarray) -> tuple[int, int]:
@@ -154,10 +153,3 @@ class GPTDecoder:
 def _norm(norm: LayerNorm, x: np.ndarray) -> np.ndarray:
     return layer_norm_inference(x, norm.weight.data, norm.bias.data, norm.eps)
 
-
-def _affine(linear: Linear, x: np.ndarray) -> np.ndarray:
-    """x W + b over x's last axis, the leading axes folded so BLAS sees one 2-D product."""
-    y = x.reshape(-1, x.shape[-1]) @ linear.weight.data  # (N, d_in) @ (d_in, d_out)
-    if linear.bias is not None:
-        y += linear.bias.data
-    return y.reshape(*x.shape[:-1], -1)

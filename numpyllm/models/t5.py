@@ -654,16 +654,21 @@ class T5(SplitModel):
         self._state = None
         shared = self.shared.weight
         if self.lm_head is None:
-            dscaled, dshared_t, _ = linear_backward(dlogits, state["head_cache"])  # (B,S,d),(d,V)
-            shared.grad += dshared_t.T
+            dscaled, dshared_t, _ = linear_backward(
+                dlogits, state["head_cache"], need_weight=shared.requires_grad
+            )  # (B, S, d), (d, V)
+            if dshared_t is not None:
+                shared.grad += dshared_t.T
             dh = dscaled * self.config.d_model**-0.5  # (B, S, d)
         else:
             dh = self.lm_head.backward(dlogits)  # (B, S, V) -> (B, S, d)
         ddec_emb, denc = self.decoder.backward(dh)
-        shared.grad += embedding_backward(ddec_emb, state["dec_emb_cache"])
+        if shared.requires_grad:
+            shared.grad += embedding_backward(ddec_emb, state["dec_emb_cache"])
         if state["enc_emb_cache"] is not None and denc is not None:  # the encoder ran
             denc_emb, _ = self.encoder.backward(denc)  # (B, T, d)
-            shared.grad += embedding_backward(denc_emb, state["enc_emb_cache"])
+            if shared.requires_grad:
+                shared.grad += embedding_backward(denc_emb, state["enc_emb_cache"])
 
     # ---- generation and checkpoints ----------------------------------------------------
     def generate(self, input_ids, attention_mask=None, **kwargs) -> np.ndarray:

@@ -152,5 +152,6 @@ class RelativePositionBias(Module):
         dbias = np.asarray(dbias)
         dbias = dbias.reshape(-1, *dbias.shape[-3:]).sum(axis=0)  # (..., H, Tq, Tk) -> (H, Tq, Tk)
         dvalues = dbias.transpose(1, 2, 0)  # (H, Tq, Tk) -> (Tq, Tk, H)
-        self.weight.grad += embedding_backward(dvalues, self._cache)  # scatter-add by bucket
+        if self.weight.requires_grad:
+            self.weight.grad += embedding_backward(dvalues, self._cache)  # scatter-add by bucket
         self._cache = None

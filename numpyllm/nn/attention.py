@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpyllm.functional.attention import attention_forward
-from numpyllm.functional.linear import linear_forward
-from numpyllm.functional.multi_head_attention import (
-    merge_heads,
-    multi_head_attention_backward,
-    multi_head_attention_forward,
-    present_kv,
-    split_heads,
-)
+from numpyllm.functional.attention import attention_backward, attention_forward
+from numpyllm.functional.multi_head_attention import merge_heads, split_heads
 from numpyllm.nn.linear import Linear
 from numpyllm.nn.module import Module
 
@@ -36,6 +29,10 @@ class MultiHeadAttention(Module):
 
     ``backward(dout) -> (dx, dx_kv, dbias)``: for self-attention dx carries both paths
     and dx_kv is None; dbias is None unless a bias was passed.
+
+    The computation is ``numpyllm.functional.multi_head_attention``'s, step by step, with
+    each projection made by its own ``Linear`` (``project`` forward, ``backward_from_input``
+    backward, on the inputs kept here), so that any of them can be a LoRA linear or frozen.
     """
 
     def __init__(
@@ -64,22 +61,12 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(d_model, inner, bias=bias, rng=rng, std=std, dtype=dtype)
         out_std = std if out_std is None else out_std
         self.o_proj = Linear(inner, d_model, bias=bias, rng=rng, std=out_std, dtype=dtype)
-        self._cache: tuple[tuple, bool] | None = None
-
-    def _weights(self) -> dict[str, np.ndarray | None]:
-        weights: dict[str, np.ndarray | None] = {}
-        for name in ("q", "k", "v", "o"):
-            layer = getattr(self, f"{name}_proj")
-            weights[f"{name}_weight"] = layer.weight.data
-            weights[f"{name}_bias"] = None if layer.bias is None else layer.bias.data
-        return weights
+        self._cache: tuple | None = None
 
     def project_kv(self, x_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values of x_kv, split into heads: each (B, H, Tk, head_dim)."""
-        bias_k = None if self.k_proj.bias is None else self.k_proj.bias.data
-        bias_v = None if self.v_proj.bias is None else self.v_proj.bias.data
-        k, _ = linear_forward(x_kv, self.k_proj.weight.data, bias_k)  # (B, Tk, inner)
-        v, _ = linear_forward(x_kv, self.v_proj.weight.data, bias_v)  # (B, Tk, inner)
+        k = self.k_proj.project(x_kv)  # (B, Tk, d_model) -> (B, Tk, inner)
+        v = self.v_proj.project(x_kv)  # (B, Tk, d_model) -> (B, Tk, inner)
         return split_heads(k, self.n_head), split_heads(v, self.n_head)
 
     def forward(
@@ -92,49 +79,49 @@ class MultiHeadAttention(Module):
         use_cache: bool = False,
         kv: tuple[np.ndarray, np.ndarray] | None = None,
     ):
+        self._cache = None
         if kv is not None:
-            self._cache = None
-            out = self._attend_to_projected(x, kv, mask, bias)
+            out, _ = self._attend(x, kv, mask, bias, keep=False)
             return (out, kv) if use_cache else out
+        x = np.asarray(x)
         self_attention = x_kv is None
-        out, cache = multi_head_attention_forward(
-            x,
-            x if x_kv is None else x_kv,
-            self._weights(),
-            self.n_head,
-            causal=self.causal,
-            mask=mask,
-            bias=bias,
-            scale=self.scale,
-            past_kv=past_kv,
-        )  # (B, Tq, d_model)
-        self._cache = (cache, self_attention)
-        return (out, present_kv(cache)) if use_cache else out
+        x_kv = x if self_attention else np.asarray(x_kv)
+        k, v = self.project_kv(x_kv)  # each (B, H, Tk, dh)
+        if past_kv is not None:
+            k = np.concatenate([past_kv[0], k], axis=-2)  # (B, H, Tpast + Tk, dh)
+            v = np.concatenate([past_kv[1], v], axis=-2)
+        keep = past_kv is None and not use_cache  # a cached call is inference only
+        out, attn_cache = self._attend(x, (k, v), mask, bias, keep=keep)  # (B, Tq, d_model)
+        if keep:
+            self._cache = (x, x_kv, attn_cache, self_attention)
+        return (out, (k, v)) if use_cache else out
 
-    def _attend_to_projected(self, x, kv, mask, bias) -> np.ndarray:
-        bias_q = None if self.q_proj.bias is None else self.q_proj.bias.data
-        bias_o = None if self.o_proj.bias is None else self.o_proj.bias.data
-        q, _ = linear_forward(x, self.q_proj.weight.data, bias_q)  # (B, Tq, inner)
-        attended, _ = attention_forward(
+    def _attend(self, x, kv, mask, bias, keep: bool) -> tuple[np.ndarray, tuple]:
+        """Queries of x attend to the projected keys and values: out (B, Tq, d_model) and
+        attention's cache. With ``keep``, o_proj keeps its input for the backward."""
+        q = self.q_proj.project(x)  # (B, Tq, d_model) -> (B, Tq, inner)
+        attended, attn_cache = attention_forward(
             split_heads(q, self.n_head), kv[0], kv[1],
             causal=self.causal, mask=mask, bias=bias, scale=self.scale,
         )  # fmt: skip  (B, H, Tq, head_dim)
-        out, _ = linear_forward(merge_heads(attended), self.o_proj.weight.data, bias_o)
-        return out  # (B, Tq, d_model)
+        merged = merge_heads(attended)  # (B, H, Tq, dh) -> (B, Tq, inner)
+        out = self.o_proj(merged) if keep else self.o_proj.project(merged)  # (B, Tq, d_model)
+        return out, attn_cache
 
     def backward(self, dout: np.ndarray):
         if self._cache is None:
-            raise RuntimeError("MultiHeadAttention.backward called without a training forward")
-        cache, self_attention = self._cache
+            raise RuntimeError(
+                "MultiHeadAttention.backward called without a training forward (a forward "
+                "with past_kv, kv or use_cache is inference only)"
+            )
+        x, x_kv, attn_cache, self_attention = self._cache
         self._cache = None
-        dx_q, dx_kv, grads = multi_head_attention_backward(dout, cache)
-        for name in ("q", "k", "v", "o"):
-            layer = getattr(self, f"{name}_proj")
-            layer.weight.grad += grads[f"{name}_weight"]
-            if layer.bias is not None:
-                layer.bias.grad += grads[f"{name}_bias"]
-        dbias = grads.get("bias")
+        dmerged = self.o_proj.backward(dout)  # (B, Tq, d_model) -> (B, Tq, inner)
+        dq, dk, dv, dbias = attention_backward(split_heads(dmerged, self.n_head), attn_cache)
+        dx = self.q_proj.backward_from_input(merge_heads(dq), x)  # (B, Tq, d_model)
+        dx_kv = self.k_proj.backward_from_input(merge_heads(dk), x_kv)  # (B, Tk, d_model)
+        dx_kv += self.v_proj.backward_from_input(merge_heads(dv), x_kv)  # x_kv feeds K and V
         if self_attention:
-            dx_q += dx_kv
-            return dx_q, None, dbias
-        return dx_q, dx_kv, dbias
+            dx += dx_kv
+            return dx, None, dbias
+        return dx, dx_kv, dbias

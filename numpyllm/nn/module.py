@@ -95,9 +95,19 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
+    def trainable_parameters(self) -> list[Parameter]:
+        """The parameters with ``requires_grad``: what an optimizer should be given."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def requires_grad_(self, flag: bool = True) -> Module:
+        """Freeze (False) or unfreeze (True) every parameter of this module; returns self."""
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
     def zero_grad(self) -> None:
         for p in self.parameters():
-            p.grad[...] = 0
+            p.zero_grad()
 
     # ---- state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -139,7 +149,8 @@ class Module:
         """
         for p in self.parameters():
             p.data = p.data.astype(dtype)
-            p.grad = np.zeros_like(p.data)
+            if p.requires_grad:
+                p.grad = np.zeros_like(p.data)
         return self
 
     @property

@@ -40,8 +40,10 @@ class LayerNorm(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         dx, dweight, dbias = layer_norm_backward(dout, forward_cache(self._cache, self))
         self._cache = None
-        self.weight.grad += dweight
-        self.bias.grad += dbias
+        if self.weight.requires_grad:
+            self.weight.grad += dweight
+        if self.bias.requires_grad:
+            self.bias.grad += dbias
         return dx
 
 
@@ -61,7 +63,8 @@ class RMSNorm(Module):
     def backward(self, dout: np.ndarray) -> np.ndarray:
         dx, dweight = rms_norm_backward(dout, forward_cache(self._cache, self))
         self._cache = None
-        self.weight.grad += dweight
+        if self.weight.requires_grad:
+            self.weight.grad += dweight
         return dx
 
 

@@ -120,7 +120,7 @@ def replicate(module: ModuleT) -> ModuleT:
         object.__setattr__(c, "_modules", {})
         for name, p in m._parameters.items():
             if id(p) not in clones:
-                clones[id(p)] = Parameter(p.data)
+                clones[id(p)] = Parameter(p.data, requires_grad=p.requires_grad)
             c._parameters[name] = clones[id(p)]
             object.__setattr__(c, name, clones[id(p)])
         for name, child in m._modules.items():
@@ -140,6 +140,8 @@ def sync_replica(module: Module, replica: Module) -> None:
     exactly)."""
     for p, r in zip(module.parameters(), replica.parameters(), strict=True):
         r.data = p.data
+        if r.requires_grad != p.requires_grad:  # frozen or unfrozen since the last pass
+            r.requires_grad = p.requires_grad
     for m, r_module in zip(module.modules(), replica.modules(), strict=True):
         object.__setattr__(r_module, "training", m.training)
         rng = vars(m).get("rng")
@@ -164,11 +166,13 @@ def zero_replica_gradients(replica: Module) -> None:
     """Fresh zero gradients for a replica's backward (freed again by ``add_replica_gradients``,
     so a replica holds no gradient memory between steps)."""
     for r in replica.parameters():
-        r.grad = np.zeros_like(r.data)
+        if r.requires_grad:
+            r.grad = np.zeros_like(r.data)
 
 
 def add_replica_gradients(module: Module, replica: Module) -> None:
     """module.grad += replica.grad for every parameter; the replica's gradients are freed."""
     for p, r in zip(module.parameters(), replica.parameters(), strict=True):
-        p.grad += r.grad
-        r.grad = None  # type: ignore[assignment]  # freed until zero_replica_gradients
+        if r.requires_grad:
+            p.grad += r.grad
+            r.grad = None  # type: ignore[assignment]  # freed until zero_replica_gradients

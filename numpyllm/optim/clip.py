@@ -29,7 +29,7 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
     When the gradients are views that exactly tile one flat buffer (as after
     building an optimizer on them), the norm and the scaling run once over that
     buffer instead of once per parameter. Each parameter counts once, however
-    often it is listed.
+    often it is listed; frozen parameters (``requires_grad = False``) are skipped.
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.floating)):
         raise TypeError(f"max_norm must be a number, got {max_norm!r}")
@@ -41,7 +41,8 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float) -> float:
     for p in params:
         if not isinstance(p, Parameter):
             raise TypeError(f"clip_grad_norm expects Parameters, got {type(p).__name__}")
-        unique.setdefault(id(p), p)
+        if p.requires_grad:  # a frozen parameter has no gradient to measure or scale
+            unique.setdefault(id(p), p)
     grads = _coalesce([p.grad for p in unique.values()])
 
     total = 0.0

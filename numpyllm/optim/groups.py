@@ -31,7 +31,8 @@ def param_groups_for_weight_decay(
     ``model_or_named_params`` is a Module (anything with ``named_parameters()``)
     or an iterable of ``(name, Parameter)`` pairs. A parameter listed under two
     names (a tied weight) is placed once, by its first name. Both groups are
-    always returned, even when one is empty; each also carries ``"names"`` (the
+    always returned, even when one is empty; frozen parameters (``requires_grad =
+    False``) are in neither. Each group also carries ``"names"`` (the
     parameters' names, in order) for inspection.
     """
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float, np.floating)):
@@ -49,8 +50,8 @@ def param_groups_for_weight_decay(
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Parameter)):
             raise TypeError(f"expected (name, Parameter) pairs, got {item!r}")
         name, p = item
-        if id(p) in seen:
-            continue
+        if id(p) in seen or not p.requires_grad:
+            continue  # a tied weight's second name, or a frozen parameter
         seen.add(id(p))
         group = decay if p.data.ndim >= 2 and not is_embedding_name(name) else no_decay
         group["params"].append(p)

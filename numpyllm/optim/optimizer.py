@@ -99,6 +99,10 @@ class Optimizer:
     rebinds the view; a new shape or dtype raises ``ValueError`` (build a new
     optimizer after ``model.astype``).
 
+    Frozen parameters (``requires_grad = False``) are left out when the optimizer is
+    built: no buffer slot, no state, never stepped; parameter numbers in
+    ``state_dict`` count the trainable ones only.
+
     Every parameter is stepped on every ``step`` (a gradient that is all zeros
     still moves momentum, moments and weight decay), because gradients here are
     arrays, never absent.
@@ -150,7 +154,11 @@ class Optimizer:
             for dtype, (plist, indices) in by_dtype.items():
                 self._segments.append(_Segment(group_index, plist, indices, dtype))
         if not self._params:
-            raise ValueError("optimizer got an empty parameter list")
+            frozen = sum(g.pop("frozen") for g in self.param_groups)
+            why = f" ({frozen} given, all with requires_grad=False)" if frozen else ""
+            raise ValueError(f"optimizer got an empty parameter list{why}")
+        for group in self.param_groups:
+            group.pop("frozen")
         for segment in self._segments:
             for name in self._required_state:
                 segment.state[name] = np.zeros_like(segment.data)
@@ -352,6 +360,11 @@ class Optimizer:
             for p, array, view in zip(segment.params, current, views):
                 if array is view:
                     continue
+                if array is None:
+                    raise ValueError(
+                        f"a parameter of shape {view.shape} was frozen (requires_grad=False) "
+                        "after the optimizer was built; build a new optimizer after freezing"
+                    )
                 array = np.asarray(array)
                 if array.shape != view.shape or array.dtype != view.dtype:
                     raise ValueError(
@@ -460,13 +473,16 @@ def _as_groups(params: Any) -> list[dict[str, Any]]:
                     f"each parameter may appear once"
                 )
             seen.add(id(p))
+            if not p.requires_grad:
+                continue  # frozen: left out, so it gets no buffer slot and no state
             grad = np.asarray(p.grad)
             if grad.shape != p.data.shape or grad.dtype != p.data.dtype:
                 raise ValueError(
                     f"group {g}, item {i}: grad has shape {grad.shape} and dtype {grad.dtype}, "
                     f"expected the data's shape {p.data.shape} and dtype {p.data.dtype}"
                 )
-        group["params"] = plist
+        group["params"] = [p for p in plist if p.requires_grad]
+        group["frozen"] = len(plist) - len(group["params"])  # counted for the error message
         groups.append(group)
     return groups
 
