@@ -107,6 +107,6 @@ class Embedding(Module):
         return out
 
     def backward(self, dout: np.ndarray) -> None:
+        cache, self._cache = forward_cache(self._cache, self), None
         if self.weight.requires_grad:
-            self.weight.grad += embedding_backward(dout, self._cache)
-        self._cache = None
+            self.weight.grad += embedding_backward(dout, cache)
