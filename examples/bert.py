@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32, help="rows per step")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="fine-tuning rate")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, batches, data")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads a training batch is split over (default: the cores, "
+                        "for batches large enough to gain)")  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
         max_seq_len=64, dropout=0.0, num_labels=2, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     model = BERT(config, rng=rng)
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(f"BERT with {model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}")
 
     # 1. Masked-LM pretraining on the built-in corpus.

@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=64, help="context length")
     parser.add_argument("--output-dir", default=str(Path("runs") / "examples" / "fine_tuning"))
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, batches, text")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads a training batch is split over (default: the cores, "
+                        "for batches large enough to gain)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
         d_model=args.d_model, max_seq_len=args.seq_len, dropout=0.0,
     )  # fmt: skip
     model = GPT(config, rng=rng)
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(f"1. pretraining a GPT of {model.num_parameters():,} parameters on the built-in corpus")
     pretrain_args = TrainingArguments(
         output_dir=out / "pretrain",
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Load the pretrained model back, as from any saved checkpoint.
     checkpoint = load_checkpoint(out / "pretrain")  # the newest checkpoint in the folder
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(f"2. loaded {checkpoint.path}")
 
     # 3. Fine-tuning on new text, with the article's arguments.

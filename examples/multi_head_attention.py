@@ -11,6 +11,8 @@ sqrt(d_head) = 8: each head's dot products have 64 terms, not 512, so its scores
 out sqrt(8) = 2.8 times too small and the attention too flat. The script measures
 that, then checks numpyllm's hand-written backward pass with finite differences:
 every element of a small float64 instance, and sampled elements of the 512-wide one.
+Last, it shows that the key bias b_k gets no gradient: exactly none in the maths, and
+in float32 only rounding noise (docs/attention.md explains why, and what Adam makes of it).
 
     python examples/multi_head_attention.py [--batch 2] [--seq-len 10] [--sampled 10]
 """
@@ -143,12 +145,29 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  d_model 512, 8 heads, {args.sampled} elements per tensor: {big_error:.1e}")
     ok = max(small_error, big_error) < 1e-6
     print(f"  {'< 1e-6: the backward is right' if ok else 'TOO LARGE: a bug'}")
+
+    # The key bias adds q_i . b_k to every score of row i, which the softmax ignores: its
+    # exact gradient is 0. The computed one is the rounding of a sum that cancels.
+    print("\nkey bias gradient, compared with the query bias's (docs/attention.md):")
+    key_bias = {}
+    dout = rng.standard_normal(x.shape)
+    for dtype in (np.float64, np.float32):
+        layer = multi_head_attn.astype(dtype)
+        layer.zero_grad()
+        layer(x.astype(dtype))
+        layer.backward(dout.astype(dtype))
+        db_k, db_q = (np.abs(getattr(layer, f"{p}_proj").bias.grad).max() for p in "kq")
+        key_bias[np.dtype(dtype).name] = float(db_k / db_q)
+        print(f"  {np.dtype(dtype).name}: max |db_k| = {db_k:.1e}, max |db_q| = {db_q:.1e}, "
+              f"ratio {db_k / db_q:.0e}")  # fmt: skip
+    print("  zero to float64 rounding; in float32 only the noise of float32 rounding is left")
     return {
         "shapes": shapes,
         "step_by_step_diff": diff,
         "mean_max_weight": flatness,
         "gradcheck_small": small_error,
         "gradcheck_big": big_error,
+        "key_bias_ratio": key_bias,
     }
 
 

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str, steps: int = 600) 
     add("--batch-size", type=int, default=16, help="rows per training batch")
     add("--learning-rate", type=float, default=3e-3, help="peak learning rate of AdamW")
     add("--seed", type=int, default=0, help="seeds the weights and the batches")
+    add("--threads", type=int, default=None,
+        help="threads a training batch is split over (default: the cores, for batches large "
+        "enough to gain)")  # fmt: skip
     add("--output-dir", default=str(Path("runs") / "examples" / name), help="checkpoint folder")
     add("--quiet", action="store_true", help="no progress bar")
 
@@ -69,6 +72,8 @@ def train(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
         dropout=0.0,  # a short run on a small model does not overfit: no need for dropout
     )
     model = GPT(config, rng=np.random.default_rng(args.seed))
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(
         f"training a GPT of {model.num_parameters():,} parameters for {args.steps} steps on "
         f"the built-in corpus ({len(dataset.train):,} training tokens)"

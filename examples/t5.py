@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-size", type=int, default=3000, help="training pairs")
     parser.add_argument("--test-size", type=int, default=200, help="held-out pairs")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data and weights")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads a training batch is split over (default: the cores, "
+                        "for batches large enough to gain)")  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     model = T5(config, rng=rng)
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(
         f"T5 with {model.num_parameters():,} parameters, {tokenizer.vocab_size} characters; "
         f"{len(train_pairs)} training pairs, {len(test_pairs)} held out, e.g. {test_pairs[0]}"
