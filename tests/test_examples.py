@@ -120,6 +120,9 @@ def test_multi_head_attention(capsys):
     flat = result["mean_max_weight"]
     assert flat["1/sqrt(d_head)"] > flat["1/sqrt(d_model), article"] > 1 / 4
     assert result["gradcheck_small"] < 1e-6 and result["gradcheck_big"] < 1e-6
+    # the key bias: no gradient but float64 rounding; in float32 the noise of float32's
+    assert result["key_bias_ratio"]["float64"] < 1e-13
+    assert 1e-11 < result["key_bias_ratio"]["float32"] < 1e-4
 
 
 # ---- pretraining_loss.py ----------------------------------------------------------------------
