@@ -33,7 +33,7 @@ class Parameter:
             raise TypeError(f"a Parameter holds floating-point data, got dtype {data.dtype}")
         self.data = data
         self._requires_grad = False
-        self.grad = None  # type: ignore[assignment]
+        self.grad = None  # type: ignore[assignment]  # set just below, by requires_grad
         self.requires_grad = requires_grad
 
     @property
