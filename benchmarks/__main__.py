@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if section == "ops":
             from benchmarks import ops
 
-            rows += ops.run(args.quick, rounds)
+            rows += ops.run(args.quick, rounds, args.threads)
         elif section == "train":
             from benchmarks import train
 

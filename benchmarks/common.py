@@ -8,7 +8,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +133,27 @@ def describe_machine(cpu: dict, kernels: list[str]) -> str:
         f"({' '.join(cpu.get('vector_extensions', [])) or 'no AVX'}), "
         f"BLAS kernel {', '.join(kernels) or 'unknown'}"
     )
+
+
+@contextlib.contextmanager
+def one_thread(threads: int) -> Iterator[None]:
+    """Every side on one thread for the block (NumPy's BLAS, torch's intra-op pool); torch
+    goes back to ``threads`` after it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # no BLAS thread control: BLAS keeps its own setting
+        threadpool_limits = None
+    torch = None
+    if torch_available():
+        import torch
+
+        torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1) if threadpool_limits else contextlib.nullcontext():
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 
-from benchmarks.common import alternate, summary, torch_available
+from benchmarks.common import alternate, one_thread, summary, torch_available
 
 # (name, shapes) at the size of the "medium" model's activations: N = B * T = 2048 rows.
 FULL = {"N": 2048, "d": 384, "ff": 1536, "B": 8, "H": 8, "T": 256, "V": 2048}
@@ -162,32 +163,40 @@ def _torch_ops(ours: dict, n_head: int) -> dict:
     return {name: zero_grads(fn, leaves[name]) for name, fn in fns.items()}
 
 
-def run(quick: bool, rounds: int) -> list:
+def run(quick: bool, rounds: int, threads: int = 1) -> list:
+    """One row per op at the run's thread count (torch splits an op over its threads, a
+    NumPy ufunc runs on one), and, when that is more than one, the same op with one thread
+    on each side ("softmax, one thread"): the per-core comparison."""
     shapes = QUICK if quick else FULL
     ours, n_head = _numpyllm_ops(shapes, np.random.default_rng(0))
     theirs = _torch_ops(ours, n_head) if torch_available() else {}
     rows = []
-    for name, (_, fn) in ours.items():
-        sides = {"numpyllm": fn}
-        if name in theirs:
-            sides["torch"] = theirs[name]
-        # Enough back-to-back calls per sample that each sample lasts a few milliseconds.
-        repeat = max(1, min(50, math.ceil(0.02 / max(1e-6, _once(fn)))))
-        times = alternate(sides, rounds, repeat=repeat, warmup=2)
-        values = {}
-        for side, samples in times.items():
-            s = summary(samples)
-            values[side] = {"median": s["median"] * 1e3, "spread": s["spread"], "n": s["n"]}
-        rows.append(
-            {
-                "section": "ops",
-                "name": name,
-                "unit": "ms",
-                "higher_is_better": False,
-                "shapes": shapes,
-                "values": values,
-            }
-        )
+    variants = [("", contextlib.nullcontext)]
+    if threads > 1:
+        variants.append((", one thread", lambda: one_thread(threads)))
+    for variant, limit in variants:
+        for name, (_, fn) in ours.items():
+            sides = {"numpyllm": fn}
+            if name in theirs:
+                sides["torch"] = theirs[name]
+            with limit():
+                # Enough back-to-back calls per sample that each lasts a few milliseconds.
+                repeat = max(1, min(50, math.ceil(0.02 / max(1e-6, _once(fn)))))
+                times = alternate(sides, rounds, repeat=repeat, warmup=2)
+            values = {}
+            for side, samples in times.items():
+                s = summary(samples)
+                values[side] = {"median": s["median"] * 1e3, "spread": s["spread"], "n": s["n"]}
+            rows.append(
+                {
+                    "section": "ops",
+                    "name": name + variant,
+                    "unit": "ms",
+                    "higher_is_better": False,
+                    "shapes": shapes,
+                    "values": values,
+                }
+            )
     return rows
 
 

@@ -6,7 +6,14 @@ import contextlib
 
 import numpy as np
 
-from benchmarks.common import BenchConfig, alternate, gpt_config, summary, torch_available
+from benchmarks.common import (
+    BenchConfig,
+    alternate,
+    gpt_config,
+    one_thread,
+    summary,
+    torch_available,
+)
 
 LR, WEIGHT_DECAY = 3e-4, 0.1
 
@@ -70,26 +77,6 @@ def _loss_gap(model, ids, tmodel, tids) -> float:
     return abs(ours - theirs)
 
 
-@contextlib.contextmanager
-def _one_thread(threads: int):
-    """Every side on one thread for the block: NumPy's BLAS and torch's intra-op pool."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # no BLAS thread control: BLAS keeps its own setting
-        threadpool_limits = None
-    torch = None
-    if torch_available():
-        import torch
-
-        torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1) if threadpool_limits else contextlib.nullcontext():
-            yield
-    finally:
-        if torch is not None:
-            torch.set_num_threads(threads)
-
-
 def run(
     configs: dict[str, BenchConfig],
     threads: int,
@@ -127,7 +114,7 @@ def run(
         kinds = (
             ("train", train_sides, "", contextlib.nullcontext, peaks[0]),
             ("train", recompute_sides, ", recompute", contextlib.nullcontext, peaks[0]),
-            ("train", one_thread_sides, ", one thread", lambda: _one_thread(threads), peaks[1]),
+            ("train", one_thread_sides, ", one thread", lambda: one_thread(threads), peaks[1]),
             ("forward", forward_sides, "", contextlib.nullcontext, peaks[0]),
         )
         for kind, sides, variant, limit, peak_gflops in kinds:
