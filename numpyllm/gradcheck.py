@@ -167,7 +167,7 @@ def gradcheck_model(
     For every parameter tensor this checks ``samples_per_tensor`` randomly chosen
     coordinates and one random-direction directional derivative
     d/de L(theta + e u) = <grad, u>, which sees every coordinate at once.
-    Returns the max relative error per parameter name.
+    Returns the max relative error per parameter name (frozen parameters are skipped).
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     model.zero_grad()
@@ -175,6 +175,8 @@ def gradcheck_model(
     model.backward()
     errors: dict[str, float] = {}
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue  # frozen: no gradient to check
         grad = param.grad.astype(np.float64)
         count = min(samples_per_tensor, param.data.size)
         flat = rng.choice(param.data.size, size=count, replace=False)
