@@ -5,7 +5,7 @@ wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT and T5
 (``numpyllm.models``) and trained with hand-written optimizers (``numpyllm.optim``).
 """
 
-from numpyllm import functional, nn, optim
+from numpyllm import functional, nn, optim, peft
 from numpyllm.data import TokenDataset, builtin_corpus
 from numpyllm.gradcheck import gradcheck, gradcheck_model, numerical_gradient
 from numpyllm.memory import InsufficientMemoryError, MemoryReport, memory_report
@@ -52,4 +52,5 @@ __all__ = [
     "nn",
     "numerical_gradient",
     "optim",
+    "peft",
 ]

@@ -17,6 +17,8 @@ def test_public_names_exist():
         assert hasattr(nl, name), name
     for name in ("SGD", "Adam", "AdamW", "clip_grad_norm", "LRScheduler"):
         assert hasattr(nl.optim, name), name
+    for name in ("LoraConfig", "get_peft_model", "PeftModel"):
+        assert hasattr(nl.peft, name), name
     for cls in (nl.GPT, nl.BERT, nl.T5):
         assert callable(cls.from_pretrained) and callable(cls.save_pretrained)
     assert callable(nl.GPT.generate) and callable(nl.T5.generate)

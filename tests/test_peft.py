@@ -1,0 +1,133 @@
+"""nl.peft: adapters on GPT, BERT and T5, freezing, merging, the adapter folder, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import numpyllm as nl
+from numpyllm.nn.lora import LoraLinear
+
+
+def gpt(seed: int = 0) -> nl.GPT:
+    config = nl.GPTConfig(vocab_size=13, n_layer=2, n_head=2, d_model=8, max_seq_len=10,
+                          dropout=0.0)  # fmt: skip
+    return nl.GPT(config, rng=np.random.default_rng(seed))
+
+
+def bert() -> nl.BERT:
+    return nl.BERT(nl.BertConfig(vocab_size=13, n_layer=1, n_head=2, d_model=8, d_ff=12,
+                                 max_seq_len=9, dropout=0.0))  # fmt: skip
+
+
+def t5() -> nl.T5:
+    return nl.T5(nl.T5Config(vocab_size=13, d_model=8, d_kv=4, d_ff=6, n_layer=1,
+                             n_decoder_layer=1, n_head=2, dropout=0.0))  # fmt: skip
+
+
+IDS = np.random.default_rng(0).integers(0, 13, size=(2, 7))
+
+
+def test_adapter_starts_as_the_base_model_and_trains_only_lora_matrices():
+    model = gpt()
+    before = model(IDS).logits.copy()
+    pm = nl.peft.get_peft_model(model, nl.peft.LoraConfig(r=2, target_modules=["c_attn"]))
+    assert np.array_equal(pm(IDS).logits, before)  # B = 0
+    names = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert names == [f"h.{i}.attn.c_attn.lora_{ab}" for i in range(2) for ab in "AB"]
+    assert len(pm.trainable_parameters()) == 4
+    trainable, total = pm.num_trainable_parameters()
+    assert trainable == 2 * (2 * 8 + 24 * 2) and total == model.num_parameters()
+    base = {n: p.data.copy() for n, p in pm.named_parameters() if not p.requires_grad}
+    opt = nl.optim.AdamW(pm.parameters(), lr=1e-2)  # frozen ones are left out
+    for _ in range(3):
+        pm(IDS, labels=IDS)
+        pm.backward()
+        opt.step()
+        opt.zero_grad()
+    for name, p in pm.named_parameters():
+        if name in base:
+            assert np.array_equal(p.data, base[name]) and p.grad is None, name
+    assert not np.array_equal(pm(IDS).logits, before)  # the adapters moved
+
+
+@pytest.mark.parametrize("make", [gpt, bert, t5], ids=["gpt", "bert", "t5"])
+def test_default_targets_merge_and_round_trip_through_the_adapter_folder(make, tmp_path):
+    kwargs = {"decoder_input_ids": IDS} if make is t5 else {}
+    model = make()
+    pm = nl.peft.get_peft_model(model, nl.peft.LoraConfig(r=3, lora_alpha=4))
+    assert pm.lora_layers()
+    for p in pm.trainable_parameters():
+        p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+    adapted = pm(IDS, **kwargs).logits.copy()
+    folder = pm.save_pretrained(tmp_path / "adapter")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 3 and config["lora_alpha"] == 4
+    merged = pm.merge_and_unload()
+    np.testing.assert_allclose(merged(IDS, **kwargs).logits, adapted, rtol=1e-4, atol=1e-5)
+
+    fresh = make()
+    loaded = nl.peft.PeftModel.from_pretrained(fresh, folder)
+    np.testing.assert_array_equal(loaded(IDS, **kwargs).logits, adapted)
+
+
+def test_split_batches_and_blocks_give_the_same_adapter_gradients():
+    grads = []
+    for threads in (1, 2):
+        config = nl.peft.LoraConfig(r=2, target_modules=["c_fc", "c_proj"])
+        pm = nl.peft.get_peft_model(gpt().astype(np.float64), config)
+        for p in pm.trainable_parameters():
+            p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+        pm.num_threads = threads  # set on the wrapped model
+        pm(IDS, labels=IDS)
+        pm.backward()
+        grads.append([p.grad.copy() for p in pm.trainable_parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lora_dropout_trains_and_is_off_in_eval():
+    pm = nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig(r=2, lora_dropout=0.5))
+    for p in pm.trainable_parameters():
+        p.data[...] = 0.3
+    pm.train()
+    a = pm(IDS, labels=IDS)
+    pm.backward()
+    assert all(np.abs(p.grad).sum() > 0 for p in pm.trainable_parameters())
+    pm.eval()
+    assert np.array_equal(pm(IDS).logits, pm(IDS).logits)
+    assert not np.array_equal(pm(IDS).logits, a.logits)
+
+
+def test_bad_configs_and_targets_are_refused():
+    with pytest.raises(ValueError, match="r must be an integer >= 1"):
+        nl.peft.LoraConfig(r=0)
+    with pytest.raises(ValueError, match="lora_dropout"):
+        nl.peft.LoraConfig(lora_dropout=-0.1)
+    with pytest.raises(ValueError, match="bias"):
+        nl.peft.LoraConfig(bias="all")
+    with pytest.raises(ValueError, match=r"'query' match no linear layer.*c_attn, c_fc, c_proj"):
+        nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig(target_modules=["c_attn", "query"]))
+    pm = nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig())
+    with pytest.raises(ValueError, match="already carries"):
+        nl.peft.get_peft_model(pm.base_model, nl.peft.LoraConfig())
+
+
+def test_adapter_for_another_model_is_refused_and_leaves_the_model_intact(tmp_path):
+    pm = nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig(r=2))
+    folder = pm.save_pretrained(tmp_path / "a")
+    other = nl.GPT(nl.GPTConfig(vocab_size=13, n_layer=2, n_head=2, d_model=12, max_seq_len=10))
+    with pytest.raises(ValueError, match="shape"):
+        nl.peft.PeftModel.from_pretrained(other, folder)
+    assert not any(isinstance(m, LoraLinear) for m in other.modules())
+    assert all(p.requires_grad for p in other.parameters())
+    with pytest.raises(ValueError, match="target_modules"):  # BERT has no c_attn
+        nl.peft.PeftModel.from_pretrained(bert(), folder)
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        nl.peft.PeftModel.from_pretrained(gpt(), tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        nl.peft.PeftModel.from_pretrained(gpt(), folder)
