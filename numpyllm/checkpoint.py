@@ -1,13 +1,23 @@
-"""Checkpoints: one folder per saved state, safetensors for arrays and JSON for the rest.
+"""Checkpoints: every folder numpyllm saves is a Hugging Face model folder.
 
-A checkpoint folder holds::
+A checkpoint folder (``checkpoint-<step>/`` of a training run) holds::
 
-    model.safetensors      the model's parameters (``model.state_dict()``)
-    config.json            {"model_type": "gpt", "config": {...}, "dtype": "float32"}
-    optimizer.safetensors  the optimizer's (and scheduler's) arrays          (optional)
-    optimizer.json         their other values (an array appears as {"__tensor__": name, ...})
-    trainer_state.json     step, RNG states, metrics so far                  (optional)
-    tokenizer.json         the tokenizer (plus special_tokens_map.json)      (optional)
+    config.json              transformers' config for the model type (gpt2, bert, t5)
+    generation_config.json   the special-token ids generation uses
+    model.safetensors        the weights under transformers' names and layouts
+    tokenizer.json           the tokenizer, with tokenizer_config.json and
+                             special_tokens_map.json, as AutoTokenizer reads them   (optional)
+    optimizer.safetensors    the optimizer's (and scheduler's) arrays                 (optional)
+    optimizer.json           their other values (an array appears as {"__tensor__": name, ...})
+    trainer_state.json       step, RNG states, metrics so far                         (optional)
+
+so ``transformers.AutoModelForCausalLM.from_pretrained("runs/gpt/checkpoint-1500")`` (or
+...ForMaskedLM, ...ForSeq2SeqLM) and ``AutoTokenizer`` load it, and numpyllm's own training
+state sits beside the model as in transformers' Trainer. Which numpyllm class a folder
+holds is decided by config.json's model_type through ``numpyllm.hf.registry``. SimpleNN,
+which transformers has no class for, keeps numpyllm's own config.json
+(``{"model_type": "simple_nn", "config": {...}}``); checkpoints GPT, BERT and T5 were saved
+in with that older format still load, with a note that saving again converts them.
 
 Nothing is ever unpickled. A save writes every file into a hidden temp folder next
 to the target (same filesystem), fsyncs them, then renames the folder onto the
@@ -26,6 +36,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,7 @@ from typing import Any
 import numpy as np
 
 MODEL_FILE = "model.safetensors"
+MODEL_INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
 OPTIMIZER_FILE = "optimizer.json"
@@ -40,54 +52,44 @@ TRAINER_STATE_FILE = "trainer_state.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
-#: model_type -> (module, model class, config class); imported only when needed. A config
-#: class of None means the model is configured by constructor arguments (saved by name).
-MODEL_REGISTRY: dict[str, tuple[str, str, str | None]] = {
+#: numpyllm's own config.json format, {"model_type": ..., "config": {...}}: model_type ->
+#: (module, model class, config class or None for a model configured by constructor
+#: arguments). SimpleNN is saved so; GPT, BERT and T5 were, before their folders became
+#: Hugging Face's, and such checkpoints still load.
+OWN_FORMAT: dict[str, tuple[str, str, str | None]] = {
     "gpt": ("numpyllm.models.gpt", "GPT", "GPTConfig"),
     "bert": ("numpyllm.models.bert", "BERT", "BertConfig"),
     "t5": ("numpyllm.models.t5", "T5", "T5Config"),
     "simple_nn": ("numpyllm.models.simple_nn", "SimpleNN", None),
 }
-_REGISTERED_CLASSES: dict[str, tuple[type, type]] = {}
 #: Constructor arguments of the models that have no config dataclass, read off a model.
 _CONSTRUCTOR_ARGS = {
     "simple_nn": lambda model: {"in_features": model.in_features, "hidden": model.hidden_size},
 }
 
 
-def register_model(model_type: str, model_cls: type, config_cls: type) -> None:
-    """Make checkpoints of another model class: ``model_cls(config_cls(**config))`` rebuilds it."""
-    if not dataclasses.is_dataclass(config_cls):
-        raise TypeError(f"config_cls must be a dataclass, got {config_cls!r}")
-    _REGISTERED_CLASSES[model_type] = (model_cls, config_cls)
-
-
-def _classes(model_type: str, folder: Path) -> tuple[type, type | None]:
-    if model_type in _REGISTERED_CLASSES:
-        return _REGISTERED_CLASSES[model_type]
-    if model_type not in MODEL_REGISTRY:
-        known = sorted(set(MODEL_REGISTRY) | set(_REGISTERED_CLASSES))
-        raise ValueError(
-            f"{CONFIG_FILE} in {folder} names model_type {model_type!r}; known types: {known}"
-        )
-    module_name, model_name, config_name = MODEL_REGISTRY[model_type]
+def _own_classes(model_type: str) -> tuple[type, type | None]:
+    module_name, model_name, config_name = OWN_FORMAT[model_type]
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name) if config_name is not None else None
     return getattr(module, model_name), config_cls
 
 
 def model_type_of(model: Any) -> str:
-    """The registry name of a model's class ("gpt", ...); ValueError for an unknown class."""
+    """config.json's model_type for a model ("gpt2", ...); ValueError for a class numpyllm
+    cannot save."""
+    from numpyllm.hf.registry import FORMATS, format_for_model
+
+    fmt = format_for_model(model)
+    if fmt is not None:
+        return fmt.MODEL_TYPE
     cls = type(model)
-    for model_type, (model_cls, _) in _REGISTERED_CLASSES.items():
-        if cls is model_cls:
-            return model_type
-    for model_type, (module_name, model_name, _) in MODEL_REGISTRY.items():
-        if cls.__module__ == module_name and cls.__name__ == model_name:
-            return model_type
+    if cls is _own_classes("simple_nn")[0]:
+        return "simple_nn"
     raise ValueError(
-        f"cannot checkpoint a {cls.__module__}.{cls.__name__}: not a known model class "
-        f"({sorted(MODEL_REGISTRY)}); add it with numpyllm.checkpoint.register_model"
+        f"cannot checkpoint a {cls.__module__}.{cls.__name__}: not a model class numpyllm "
+        f"saves (those of the model types {sorted(FORMATS)}, and SimpleNN); a new model type "
+        "is registered in numpyllm.hf.registry.FORMATS"
     )
 
 
@@ -129,23 +131,18 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_tensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
+    from numpyllm.hf import tensor_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    tensor_file.write(path, tensors)
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from numpyllm.hf import tensor_file
 
     if not path.is_file():
         raise FileNotFoundError(f"{path.name} not found in {path.parent}")
-    try:
-        loaded = load_file(str(path))
-    except Exception as exc:  # the Rust reader raises its own error types
-        raise ValueError(
-            f"{path.name} in {path.parent} is corrupted or not a safetensors file: {exc}"
-        ) from exc
-    return {name: np.array(value) for name, value in loaded.items()}  # copies, not file maps
+    refs, _ = tensor_file.read_header(path)
+    return {name: ref.read() for name, ref in refs.items()}
 
 
 def _split_tensors(obj: Any, prefix: str, tensors: dict[str, np.ndarray]) -> Any:
@@ -205,12 +202,38 @@ def _fsync(path: Path) -> None:
 
 
 def _config_dict(model: Any, model_type: str) -> dict[str, Any]:
+    """The fields of numpyllm's own config.json format (SimpleNN's constructor arguments)."""
     config = getattr(model, "config", None)
     if config is not None and dataclasses.is_dataclass(config):
         return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    if model_type in _CONSTRUCTOR_ARGS:
-        return _CONSTRUCTOR_ARGS[model_type](model)
-    raise ValueError(f"{type(model).__name__} has no dataclass .config to save")
+    return _CONSTRUCTOR_ARGS[model_type](model)
+
+
+def _token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """The tokenizer's special-token ids, as config.json names them."""
+    if tokenizer is None:
+        return {}
+    return {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id", None)
+            for role in ("bos", "eos", "pad")}  # fmt: skip
+
+
+def save_model_files(folder: str | os.PathLike, model: Any, tokenizer: Any = None) -> None:
+    """The model's part of a checkpoint: config.json, generation_config.json and
+    model.safetensors in transformers' format (numpyllm's own format for SimpleNN)."""
+    from numpyllm.hf.registry import format_for_model
+
+    folder = Path(folder)
+    model_type = model_type_of(model)
+    fmt = format_for_model(model)
+    if fmt is not None:
+        fmt.save(model, folder, token_ids=_token_ids(tokenizer))
+        return
+    state = model.state_dict()
+    _write_tensors(folder / MODEL_FILE, state)
+    dtypes = {str(np.asarray(v).dtype) for v in state.values()}
+    config = _config_dict(model, model_type)
+    dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+    _write_json(folder / CONFIG_FILE, {"model_type": model_type, "config": config, "dtype": dtype})
 
 
 def save_checkpoint(
@@ -223,29 +246,17 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder at ``path`` atomically (replacing one already there); returns it.
 
-    ``model`` needs ``state_dict()`` and a dataclass ``config`` (or a registered way to read
-    its constructor arguments); ``optimizer`` and ``scheduler`` need ``state_dict()``;
-    ``tokenizer`` needs ``save(folder)``; ``trainer_state`` is any JSON-ready dict (NumPy
-    scalars and small arrays allowed).
+    ``model`` is a GPT, BERT, T5 (or SimpleNN); ``optimizer`` and ``scheduler`` need
+    ``state_dict()``; ``tokenizer`` needs ``save(folder)``; ``trainer_state`` is any
+    JSON-ready dict (NumPy scalars and small arrays allowed).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    model_type = model_type_of(model)
-    config = _config_dict(model, model_type)
-    state = model.state_dict()
-    dtypes = {str(np.asarray(v).dtype) for v in state.values()}
+    model_type_of(model)  # a model numpyllm cannot save fails before any file is written
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"  # hidden: readers skip it
     tmp.mkdir()  # (not mkdtemp: its 0700 mode would stay on the checkpoint)
     try:
-        _write_tensors(tmp / MODEL_FILE, state)
-        _write_json(
-            tmp / CONFIG_FILE,
-            {
-                "model_type": model_type,
-                "config": config,
-                "dtype": dtypes.pop() if len(dtypes) == 1 else "float32",
-            },
-        )
+        save_model_files(tmp, model, tokenizer)
         if optimizer is not None or scheduler is not None:
             tensors: dict[str, np.ndarray] = {}
             meta = {
@@ -308,7 +319,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     folder = Path(path)
     if not folder.exists():
         raise FileNotFoundError(f"no checkpoint at {folder}: the path does not exist")
-    if (folder / MODEL_FILE).is_file():
+    if (folder / MODEL_FILE).is_file() or (folder / MODEL_INDEX_FILE).is_file():
         return folder
     found = list_checkpoints(folder)
     if not found:
@@ -337,8 +348,8 @@ def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
 # --------------------------------------------------------------------- loading
 
 
-def read_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any], str]:
-    """(model_type, config fields, dtype) from a checkpoint's config.json."""
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's config.json, as a dict."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -346,12 +357,33 @@ def read_config(folder: str | os.PathLike) -> tuple[str, dict[str, Any], str]:
     meta = _read_json(path)
     if not isinstance(meta, dict):
         raise ValueError(f"{CONFIG_FILE} in {folder} must hold a JSON object, got {meta!r}")
-    for field in ("model_type", "config"):
-        if field not in meta:
-            raise ValueError(f"{CONFIG_FILE} in {folder} is missing field {field!r}")
+    return meta
+
+
+def _own_format(meta: dict[str, Any], folder: Path) -> tuple[str, dict[str, Any], str] | None:
+    """(model_type, config fields, dtype) of numpyllm's own config.json format, else None."""
+    if meta.get("model_type") not in OWN_FORMAT or "config" not in meta:
+        return None
     if not isinstance(meta["config"], dict):
         raise ValueError(f"{CONFIG_FILE} in {folder}: 'config' must be an object")
     return meta["model_type"], meta["config"], str(meta.get("dtype", "float32"))
+
+
+_noted: set[Path] = set()
+
+
+def _note_old_format(folder: Path) -> None:
+    """Say once per folder that the checkpoint predates the Hugging Face layout."""
+    if folder.resolve() in _noted:
+        return
+    _noted.add(folder.resolve())
+    warnings.warn(
+        f"{folder} is a checkpoint in numpyllm's older format (config.json with a 'config' "
+        "field); it loads as it is, and saving it again (save_checkpoint, save_pretrained, "
+        "or a training run) writes a Hugging Face folder",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _build_model(model_cls: type, config_cls: type | None, fields: dict, folder: Path) -> Any:
@@ -383,15 +415,70 @@ def _build_model(model_cls: type, config_cls: type | None, fields: dict, folder:
     return model_cls(config)
 
 
+def _load_own_format(folder: Path, own: tuple[str, dict[str, Any], str]) -> Any:
+    model_type, fields, dtype = own
+    model = _build_model(*_own_classes(model_type), fields, folder)
+    if np.dtype(dtype) != model.dtype:
+        model.astype(np.dtype(dtype))
+    state = _read_tensors(folder / MODEL_FILE)
+    try:
+        model.load_state_dict(state, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{MODEL_FILE} in {folder} does not fit the model: {exc}") from exc
+    return model
+
+
+def _saved_dtype(meta: dict[str, Any]) -> np.dtype:
+    """float64 when config.json says the weights are float64, else float32 (numpyllm computes
+    in one of the two; float16 / bfloat16 files are widened)."""
+    name = meta.get("dtype") or meta.get("torch_dtype")
+    return np.dtype(np.float64) if name == "float64" else np.dtype(np.float32)
+
+
+def load_model(path: str | os.PathLike, dtype: Any = None) -> Any:
+    """The model of a checkpoint (a model folder, or a training output folder: its newest
+    checkpoint), in eval mode. Its class comes from config.json's model_type; ``dtype``
+    (float32 or float64) defaults to the dtype the weights were saved in."""
+    from numpyllm.hf.registry import format_for_config
+
+    folder = resolve_checkpoint(path)
+    meta = read_config(folder)
+    own = _own_format(meta, folder)
+    if own is not None:
+        if own[0] != "simple_nn":
+            _note_old_format(folder)
+        model = _load_own_format(folder, own)
+        if dtype is not None and model.dtype != np.dtype(dtype):
+            model.astype(dtype)
+        return model.eval()
+    fmt = format_for_config(meta, f"{CONFIG_FILE} in {folder}")
+    return fmt.load(folder, dtype=_saved_dtype(meta) if dtype is None else dtype)
+
+
 def check_config(model: Any, folder: str | os.PathLike) -> None:
     """ValueError unless ``model`` has the model type and config the checkpoint was saved with."""
+    from numpyllm.hf.registry import format_for_config
+
     folder = Path(folder)
-    model_type, saved, _ = read_config(folder)
+    meta = read_config(folder)
     mine = model_type_of(model)
-    if mine != model_type:
-        raise ValueError(f"{CONFIG_FILE} in {folder} is a {model_type!r} model, not {mine!r}")
+    own = _own_format(meta, folder)
+    if own is not None:
+        saved_type, saved = own[0], own[1]
+        if _own_classes(saved_type)[0] is not type(model):
+            raise ValueError(f"{CONFIG_FILE} in {folder} is a {saved_type!r} model, not {mine!r}")
+        current = _config_dict(model, saved_type)
+    else:
+        fmt = format_for_config(meta, f"{CONFIG_FILE} in {folder}")
+        if fmt.MODEL_TYPE != mine:
+            raise ValueError(
+                f"{CONFIG_FILE} in {folder} is a {fmt.MODEL_TYPE!r} model, not {mine!r}"
+            )
+        saved = _config_dict_of(fmt.config_from_hf(meta))
+        current = _config_dict_of(model.config)
     # through JSON, so tuples and lists (and NumPy scalars and Python numbers) compare equal
-    current = json.loads(json.dumps(_config_dict(model, mine), default=_json_default))
+    saved = json.loads(json.dumps(saved, default=_json_default))
+    current = json.loads(json.dumps(current, default=_json_default))
     differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in differing)
@@ -400,26 +487,18 @@ def check_config(model: Any, folder: str | os.PathLike) -> None:
         )
 
 
+def _config_dict_of(config: Any) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+
+
 def load_model_weights(model: Any, folder: str | os.PathLike) -> None:
-    """Copy a checkpoint's model.safetensors into ``model`` (strict: every name, every shape)."""
-    folder = Path(folder)
-    state = _read_tensors(folder / MODEL_FILE)
+    """Copy a checkpoint's weights into ``model`` in place (every name, every shape), so that
+    views an optimizer holds of the parameters stay valid."""
+    loaded = load_model(folder, dtype=model.dtype)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(loaded.state_dict(), strict=True)
     except ValueError as exc:
-        raise ValueError(f"{MODEL_FILE} in {folder} does not fit the model: {exc}") from exc
-
-
-def load_model(path: str | os.PathLike) -> Any:
-    """The model of a checkpoint (folder or training output folder), rebuilt from config.json."""
-    folder = resolve_checkpoint(path)
-    model_type, fields, dtype = read_config(folder)
-    model_cls, config_cls = _classes(model_type, folder)
-    model = _build_model(model_cls, config_cls, fields, folder)
-    if np.dtype(dtype) != model.dtype:
-        model.astype(np.dtype(dtype))
-    load_model_weights(model, folder)
-    return model
+        raise ValueError(f"the weights in {folder} do not fit the model: {exc}") from exc
 
 
 def read_optimizer_state(folder: str | os.PathLike) -> tuple[dict | None, dict | None]:

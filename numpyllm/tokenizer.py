@@ -314,9 +314,10 @@ class Tokenizer:
         """Save as a ``tokenizer.json``; returns the file written.
 
         A path ending in ``.json`` is the file itself. Any other path is a folder
-        (created if needed) that gets ``tokenizer.json`` plus a Hugging Face
-        ``special_tokens_map.json`` recording the special-token roles. Both load
-        with :meth:`load` and with ``transformers``' ``PreTrainedTokenizerFast``.
+        (created if needed) that gets ``tokenizer.json`` plus Hugging Face's
+        ``special_tokens_map.json`` and ``tokenizer_config.json`` recording the
+        special-token roles. Both load with :meth:`load`, with ``transformers``'
+        ``PreTrainedTokenizerFast`` and, as a folder, with ``AutoTokenizer``.
         """
         path = Path(path)
         if path.suffix == ".json" and not path.is_dir():
@@ -328,6 +329,13 @@ class Tokenizer:
         _atomic_write_text(file, self.to_json())
         roles = {f"{role}_token": token for role, token in self._roles.items()}
         _atomic_write_text(path / "special_tokens_map.json", json.dumps(roles, indent=2) + "\n")
+        # AutoTokenizer reads the class from here; the fast class takes tokenizer.json as is
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+            **roles,
+        }
+        _atomic_write_text(path / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
         return file
 
     def to_json(self) -> str:

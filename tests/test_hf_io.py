@@ -383,11 +383,11 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     save_gpt2(first, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def failing_save_file(tensors, filename, metadata=None):
+    def failing_write(filename, tensors, metadata=None):
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.numpy.save_file", failing_save_file)
+    monkeypatch.setattr("numpyllm.hf.tensor_file.write", failing_write)
     with pytest.raises(OSError, match="disk full"):
         save_gpt2(small_gpt(1), tmp_path)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -427,5 +427,7 @@ def test_tensor_maps_cover_every_parameter_once():
 def test_no_temp_files_left_after_saves(tmp_path):
     save_gpt2(small_gpt(), tmp_path)
     save_gpt2(small_gpt(2), tmp_path)  # overwrites in place
-    assert sorted(os.listdir(tmp_path)) == [common.CONFIG_FILE, common.WEIGHTS_FILE]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [common.CONFIG_FILE, common.GENERATION_CONFIG_FILE, common.WEIGHTS_FILE]
+    )
     assert_same_parameters(load_gpt2(tmp_path), small_gpt(2))

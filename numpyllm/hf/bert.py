@@ -41,6 +41,7 @@ for the classifier input: both only change training-time randomness.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
@@ -68,6 +69,7 @@ ARCHITECTURE_GROUPS = {
     "BertModel": ("model", "pooler"),
 }
 READABLE = (*ARCHITECTURE_GROUPS, "BertForPreTraining")
+ARCHITECTURES = READABLE
 ACTIVATION_TO_HF = {"gelu_tanh": "gelu_new"}
 
 UNSUPPORTED = (
@@ -179,7 +181,30 @@ def tensor_map(config) -> list[common.TensorMap]:
         T("classifier.weight", "classifier.weight", transpose=True, group="classifier"),
         T("classifier.bias", "classifier.bias", group="classifier"),
     ]
-    return entries
+    return [dataclasses.replace(e, shape=_shape(e.ours, config)) for e in entries]
+
+
+def _shape(ours: str, config) -> tuple[int, ...]:
+    """numpyllm's shape of a BERT parameter, from the config."""
+    d, d_ff, V = config.d_model, config.d_ff, config.vocab_size
+    tables = {
+        "word_embeddings": V, "position_embeddings": config.max_seq_len,
+        "token_type_embeddings": config.type_vocab_size,
+    }  # fmt: skip
+    linears = {  # (in, out)
+        "q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "o_proj": (d, d),
+        "fc_in": (d, d_ff), "fc_out": (d_ff, d), "pooler": (d, d), "mlm_transform": (d, d),
+        "classifier": (d, config.num_labels),
+    }  # fmt: skip
+    if ours == "mlm_bias":
+        return (V,)
+    module, kind = ours.rsplit(".", 1)
+    layer = module.rsplit(".", 1)[-1]
+    if layer in tables:
+        return (tables[layer], d)
+    if layer in linears:
+        return linears[layer] if kind == "weight" else linears[layer][1:]
+    return (d,)  # LayerNorm weights and biases
 
 
 def _canonical_name(name: str, add_prefix: bool) -> str:
@@ -190,41 +215,37 @@ def _canonical_name(name: str, add_prefix: bool) -> str:
     return name
 
 
-def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def canonical_names(tensors: dict[str, Any]) -> dict[str, Any]:
     """Names with the ``bert.`` prefix on the encoder's tensors (BertModel files have none)
     and LayerNorm's ``weight`` / ``bias`` for the old ``gamma`` / ``beta``."""
     add_prefix = not any(name.startswith(PREFIX) for name in tensors)
     return {_canonical_name(name, add_prefix): value for name, value in tensors.items()}
 
 
-def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=np.float32):
-    """A BERT from a config dict and transformers-named tensors; the in-memory half of
-    ``load_bert``."""
+def model_class() -> type:
     from numpyllm.models.bert import BERT
 
+    return BERT
+
+
+def from_state(hf_config: dict[str, Any], tensors: dict[str, Any], dtype=np.float32):
+    """A BERT from a config dict and transformers-named tensors (arrays, or the lazy
+    references ``common.tensor_refs`` reads); the in-memory half of ``load_bert``."""
     dtype = common.float_dtype(dtype)
     config = config_from_hf(hf_config)
-    model = BERT(config)
-    if dtype != model.dtype:
-        model.astype(dtype)
-    tensors = canonical_names(tensors)
-    nsp = sorted(name for name in tensors if NSP_HEAD.fullmatch(name))
+    refs = canonical_names(common.as_refs(tensors))
+    nsp = sorted(name for name in refs if NSP_HEAD.fullmatch(name))
     if nsp:
         warnings.warn(
             f"{LOADER}: ignoring the next-sentence-prediction head ({', '.join(nsp)}): "
             "numpyllm's BERT has none",
             stacklevel=3,
         )
-        tensors = {k: v for k, v in tensors.items() if k not in nsp}
-    state, absent = common.collect_state(
-        tensors,
-        tensor_map(config),
-        common.model_shapes(model),
-        dtype,
-        tied=TIED,
-        ignore=IGNORED,
-        optional_groups=OPTIONAL_GROUPS,
-        where="BERT checkpoint",
+        refs = {k: v for k, v in refs.items() if k not in nsp}
+    entries = tensor_map(config)
+    where = "BERT checkpoint"
+    plan, absent = common.collect_state(
+        refs, entries, tied=TIED, ignore=IGNORED, optional_groups=OPTIONAL_GROUPS, where=where
     )
     if absent:
         warnings.warn(
@@ -232,15 +253,15 @@ def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=
             "numpyllm's random initialisation",
             stacklevel=3,
         )
-    common.load_into(model, state)
-    return model.eval()
+    copies = common.tied_copies(refs, TIED, entries)
+    return common.build_and_fill(lambda: model_class()(config), entries, plan, dtype, where, copies)
 
 
 def load_bert(path: str | os.PathLike, dtype=np.float32):
     """Load a transformers BERT folder (config.json + model.safetensors) as a numpyllm BERT,
     in eval mode, with parameters of ``dtype`` (float32 or float64)."""
     dtype = common.float_dtype(dtype)  # before any file is read
-    return from_state(common.read_config(path), common.read_tensors(path), dtype)
+    return from_state(common.read_config(path), common.tensor_refs(path), dtype)
 
 
 def to_state(model, architecture: str = "BertForMaskedLM") -> dict[str, np.ndarray]:
@@ -257,14 +278,33 @@ def to_state(model, architecture: str = "BertForMaskedLM") -> dict[str, np.ndarr
     return state
 
 
-def save_bert(model, path: str | os.PathLike, architecture: str = "BertForMaskedLM") -> None:
+def save_bert(
+    model,
+    path: str | os.PathLike,
+    architecture: str = "BertForMaskedLM",
+    token_ids: dict[str, int] | None = None,
+) -> None:
     """Write ``model`` as a folder that transformers' ``architecture`` class loads with
     ``from_pretrained``: BertForMaskedLM (the default), BertForSequenceClassification or
     BertModel. Only that class's heads are written."""
-    from numpyllm.models.bert import BERT
-
-    if not isinstance(model, BERT):
+    if not isinstance(model, model_class()):
         raise TypeError(f"save_bert expects a numpyllm BERT, got {type(model).__name__}")
     state = to_state(model, architecture)
     config = config_to_hf(model.config, architecture, common.dtype_name(model))
+    common.add_token_ids(config, token_ids)
     common.write_checkpoint(path, config, state)
+
+
+def save(model, path: str | os.PathLike, token_ids: dict[str, int] | None = None) -> None:
+    """A training checkpoint: every head (pooler, masked-LM head, classifier) under
+    transformers' names, so that nothing a resumed run needs is lost. config.json names
+    BertForMaskedLM; BertForSequenceClassification and BertModel load the folder too (each
+    takes its own heads; transformers notes the others as unused)."""
+    if not isinstance(model, model_class()):
+        raise TypeError(f"save expects a numpyllm BERT, got {type(model).__name__}")
+    config = config_to_hf(model.config, "BertForMaskedLM", common.dtype_name(model))
+    common.add_token_ids(config, token_ids)
+    common.write_checkpoint(path, config, common.build_checkpoint(model, tensor_map(model.config)))
+
+
+load = load_bert

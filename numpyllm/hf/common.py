@@ -2,21 +2,25 @@
 
 A folder written by ``transformers``' ``save_pretrained`` holds the model's hyper-parameters in
 ``config.json`` and its tensors in ``model.safetensors`` (or, for big models, several shards
-listed in ``model.safetensors.index.json``). The tensors are read with ``safetensors.numpy``:
-the format is a JSON header and raw little-endian arrays, so reading it runs no code. A
+listed in ``model.safetensors.index.json``). The tensors are read by ``tensor_file``: the
+format is a JSON header and raw little-endian arrays, so reading it runs no code. A
 ``pytorch_model.bin`` is a pickle, and unpickling a file runs whatever code it names, so it is
 refused with the command that converts it.
 
 Each architecture module (``gpt2``, ``bert``, ``t5``) describes its checkpoint as a list of
 ``TensorMap`` entries, one per numpyllm parameter: the transformers name and whether the array
-is stored transposed. ``collect_state`` checks a checkpoint against that list (missing tensors,
-unexpected tensors, tied copies, shapes) and ``build_checkpoint`` turns a model back into
-transformers' names and layouts.
+is stored transposed, and its shape computed from the config. Loading is lean and checked
+first: ``collect_state`` matches the file headers against that list (missing tensors,
+unexpected tensors, tied copies, dtypes, shapes) before anything is allocated, then
+``build_and_fill`` refuses a model bigger than the free memory, builds it without drawing
+random weights, directly in the target dtype, and reads each tensor into its parameter.
+``build_checkpoint`` turns a model back into transformers' names and layouts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -27,9 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from numpyllm.hf import tensor_file
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 CONVERT_HINT = (
@@ -57,12 +65,19 @@ class TensorMap:
                its weight (out, in), numpyllm's Linear keeps (in, out)
     group      checkpoint part the tensor belongs to; parts listed as optional may be absent
                as a whole (a BERT masked-LM file has no classifier)
+    shape      numpyllm's shape of the parameter, from the config alone: a file is checked
+               against it before the model is built
     """
 
     ours: str
     hf: str
     transpose: bool = False
     group: str = "model"
+    shape: tuple[int, ...] = ()
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        return self.shape[::-1] if self.transpose else self.shape
 
 
 # ----------------------------------------------------------------------------- files
@@ -95,8 +110,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint folder, by its transformers name.
+def tensor_refs(path: str | os.PathLike) -> dict[str, Any]:
+    """Every tensor of a checkpoint folder, by its transformers name, as a ``TensorRef``
+    (name, dtype, shape, where in which file): only the headers are read.
 
     Reads ``model.safetensors``, or the shards that ``model.safetensors.index.json`` lists.
     A folder holding only ``pytorch_model.bin`` is refused (see ``CONVERT_HINT``).
@@ -104,9 +120,9 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     folder = checkpoint_dir(path)
     single, index = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE
     if single.is_file():
-        return _read_safetensors(single)
+        return dict(tensor_file.read_header(single)[0])
     if index.is_file():
-        return _read_sharded(index)
+        return _sharded_refs(index)
     pickles = [name for name in PICKLE_FILES if (folder / name).is_file()]
     if pickles:
         raise ValueError(f"{folder} holds {pickles[0]} but no {WEIGHTS_FILE}. {CONVERT_HINT}")
@@ -116,50 +132,64 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     )
 
 
-def _read_sharded(index: Path) -> dict[str, np.ndarray]:
+def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint folder as a NumPy array, by its transformers name
+    (bfloat16 widened to float32, exactly)."""
+    return {name: ref.read() for name, ref in tensor_refs(path).items()}
+
+
+def _sharded_refs(index: Path) -> dict[str, Any]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        shards = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{index} is not a valid safetensors index: {exc}") from exc
-    tensors: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
+    refs: dict[str, Any] = {}
+    for shard in shards:
         shard_path = index.parent / shard
-        if not shard_path.is_file():
+        if Path(shard).name != shard or not shard_path.is_file():
             raise CheckpointNotFoundError(
                 f"{index.name} lists {shard}, which is not in {index.parent}"
             )
-        tensors.update(_read_safetensors(shard_path))
-    return tensors
+        refs.update(tensor_file.read_header(shard_path)[0])
+    return refs
 
 
-def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
-    """A safetensors file as NumPy arrays. bfloat16 (which NumPy lacks) is widened to float32:
-    a bfloat16 number is the top 16 bits of a float32, so the widening is exact."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class ArrayRef:
+    """An array already in memory, with the interface of a ``TensorRef`` (for ``from_state``
+    on a dict of arrays, e.g. a torch state_dict converted to NumPy)."""
 
-    tensors = {}
-    try:
-        with safe_open(str(file), framework="numpy") as f:
-            for name in f.keys():
-                if f.get_slice(name).get_dtype() == "BF16":
-                    tensors[name] = _read_bfloat16(file, name)
-                else:
-                    tensors[name] = f.get_tensor(name)
-    except Exception as exc:  # the Rust reader raises its own SafetensorError type
-        raise ValueError(f"{file} is not a readable safetensors file: {exc}") from exc
-    return tensors
+    name: str
+    array: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.array.dtype)
+
+    @property
+    def is_float(self) -> bool:
+        return bool(np.issubdtype(self.array.dtype, np.floating))
+
+    def read(self) -> np.ndarray:
+        return self.array
+
+    def read_into(self, out: np.ndarray, transpose: bool = False) -> None:
+        out[...] = self.array.T if transpose else self.array
 
 
-def _read_bfloat16(file: Path, name: str) -> np.ndarray:
-    """Read one BF16 tensor from the raw file: 8-byte header length, JSON header, data."""
-    with open(file, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        entry = json.loads(f.read(header_len))[name]
-        start, end = entry["data_offsets"]
-        f.seek(8 + header_len + start)
-        raw = np.frombuffer(f.read(end - start), dtype="<u2")
-    widened = raw.astype(np.uint32) << 16  # bf16 bits become the high half of a float32
-    return widened.view(np.float32).reshape(entry["shape"])
+def as_refs(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """name -> ref: ``TensorRef`` / ``ArrayRef`` values kept, arrays wrapped in ``ArrayRef``."""
+    return {
+        name: value
+        if isinstance(value, (tensor_file.TensorRef, ArrayRef))
+        else ArrayRef(name, np.asarray(value))
+        for name, value in tensors.items()
+    }
 
 
 def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
@@ -181,23 +211,44 @@ def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
 def write_checkpoint(
     path: str | os.PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
 ) -> Path:
-    """Write ``model.safetensors`` then ``config.json`` into ``path`` (created if needed).
+    """Write ``model.safetensors``, ``config.json`` and ``generation_config.json`` into
+    ``path`` (created if needed), each file atomically.
 
     The safetensors metadata says ``format: pt``, which transformers requires to load a file.
     """
-    from safetensors.numpy import save_file
-
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"cannot save a checkpoint to {folder}: it is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
     _atomic_write(
-        folder / WEIGHTS_FILE, lambda tmp: save_file(arrays, tmp, metadata={"format": "pt"})
+        folder / WEIGHTS_FILE, lambda tmp: tensor_file.write(tmp, tensors, {"format": "pt"})
     )
-    text = json.dumps(dict(config), indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_json(folder / CONFIG_FILE, config)
+    write_json(folder / GENERATION_CONFIG_FILE, generation_config(config))
     return folder
+
+
+def write_json(file: Path, obj: Mapping[str, Any]) -> None:
+    """Write a JSON file atomically, keys sorted, as transformers writes its own."""
+    text = json.dumps(dict(obj), indent=2, sort_keys=True) + "\n"
+    _atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def add_token_ids(config: dict[str, Any], token_ids: Mapping[str, int | None] | None) -> None:
+    """Fill config.json's special-token ids that the model's own config leaves unset
+    (bos / eos / pad) from ``token_ids``, the tokenizer's; ids the model config sets win."""
+    for field, value in (token_ids or {}).items():
+        if field in GENERATION_FIELDS and config.get(field) is None and value is not None:
+            config[field] = int(value)
+
+
+def generation_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """generation_config.json: the token ids generation needs, copied from config.json."""
+    out: dict[str, Any] = {"_from_model_config": True}
+    for field in GENERATION_FIELDS:
+        if config.get(field) is not None:
+            out[field] = config[field]
+    return out
 
 
 # ---------------------------------------------------------------------------- config
@@ -283,42 +334,33 @@ def _name_list(names: Iterable[str], limit: int = 12) -> str:
 
 
 def collect_state(
-    tensors: Mapping[str, np.ndarray],
+    tensors: Mapping[str, Any],
     entries: list[TensorMap],
-    model_shapes: Mapping[str, tuple[int, ...]],
-    dtype: Any,
     *,
     tied: Mapping[str, str] | None = None,
     ignore: Iterable[str] = (),
     optional_groups: Iterable[str] = (),
     where: str = "checkpoint",
-) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Map a checkpoint's tensors (already under canonical, prefixed names) onto numpyllm's.
+) -> tuple[dict[str, tuple[Any, bool]], set[str]]:
+    """Match a checkpoint's tensors (under canonical, prefixed names) with numpyllm's
+    parameters, from the names, dtypes and shapes alone: nothing is read or allocated.
 
-    tensors         transformers name -> array
-    entries         the expected tensors, one per numpyllm parameter
-    model_shapes    numpyllm name -> the model's parameter shape (checked before any copy)
+    tensors         transformers name -> TensorRef / ArrayRef (see ``as_refs``)
+    entries         the expected tensors, one per numpyllm parameter, with their shapes
     tied            alias -> source: a tensor stored twice in some files (an lm head tied to
                     the embedding). A present alias must equal its source, else the weights
-                    are untied, which numpyllm's models cannot represent.
+                    are untied, which numpyllm's models cannot represent (``check_tied``).
     ignore          regular expressions of tensors to skip: buffers such as attention masks
     optional_groups groups that may be absent as a whole; a partial group is still an error
 
-    Returns (numpyllm name -> array of ``dtype``, the optional groups found absent).
+    Returns (numpyllm name -> (ref, transpose), the optional groups found absent).
     """
-    tied = dict(tied or {})
     remaining = dict(tensors)
-    for alias, source in tied.items():
-        if alias not in remaining:
-            continue
-        copy = remaining.pop(alias)
-        if source in remaining and not np.array_equal(copy, remaining[source]):
-            raise ValueError(
-                f"{where}: {alias} differs from {source}; numpyllm ties the two (one shared "
-                "array), so a checkpoint with separate values cannot be loaded"
-            )
-        if source not in remaining:
-            remaining[source] = copy  # only the tied copy was stored
+    for alias, source in (tied or {}).items():
+        if alias in remaining and source not in remaining:
+            remaining[source] = remaining.pop(alias)  # only the tied copy was stored
+        else:
+            remaining.pop(alias, None)  # compared with its source after loading
     patterns = [re.compile(p) for p in ignore]
     for name in list(remaining):
         if any(p.fullmatch(name) for p in patterns):
@@ -341,27 +383,108 @@ def collect_state(
     if unexpected:
         raise ValueError(f"{where} has tensors numpyllm does not know: {_name_list(unexpected)}")
 
-    state: dict[str, np.ndarray] = {}
+    plan: dict[str, tuple[Any, bool]] = {}
     for entry in wanted:
-        array = np.asarray(remaining[entry.hf])
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{where}: {entry.hf} has dtype {array.dtype}, expected floats")
-        if entry.transpose:
-            array = array.T  # torch nn.Linear (out, in) -> numpyllm (in, out)
-        expected = tuple(model_shapes[entry.ours])
-        if array.shape != expected:
-            stored = array.T.shape if entry.transpose else array.shape
+        ref = remaining[entry.hf]
+        if not ref.is_float:
+            raise ValueError(f"{where}: {entry.hf} has dtype {ref.dtype}, expected floats")
+        if tuple(ref.shape) != entry.hf_shape:
             raise ValueError(
-                f"{where}: {entry.hf} has shape {stored}, but config.json implies "
-                f"{expected[::-1] if entry.transpose else expected} for numpyllm's {entry.ours}"
+                f"{where}: {entry.hf} has shape {tuple(ref.shape)}, but config.json implies "
+                f"{entry.hf_shape} for numpyllm's {entry.ours}"
             )
-        state[entry.ours] = np.ascontiguousarray(array, dtype=dtype)
-    return state, absent_groups
+        plan[entry.ours] = (ref, entry.transpose)
+    return plan, absent_groups
 
 
-def load_into(model: Any, state: Mapping[str, np.ndarray]) -> None:
-    """Copy ``state`` into the model's parameters; parameters not in ``state`` keep their init."""
-    model.load_state_dict(state, strict=False)
+def tied_copies(
+    tensors: Mapping[str, Any], tied: Mapping[str, str] | None, entries: list[TensorMap]
+) -> list[tuple[Any, str, str]]:
+    """(alias ref, alias name, numpyllm name of its source) for every tied alias stored next
+    to its source: each must equal the loaded parameter (``check_tied``)."""
+    by_hf = {e.hf: e.ours for e in entries}
+    return [
+        (tensors[alias], alias, by_hf[source])
+        for alias, source in (tied or {}).items()
+        if alias in tensors and source in tensors and source in by_hf
+    ]
+
+
+def check_tied(model: Any, copies: list[tuple[Any, str, str]], where: str) -> None:
+    params = dict(model.named_parameters())
+    for ref, alias, ours in copies:
+        value = ref.read()
+        param = params[ours].data
+        if value.shape != param.shape or not np.array_equal(value.astype(param.dtype), param):
+            raise ValueError(
+                f"{where}: {alias} differs from the tensor it is tied to; numpyllm ties the two "
+                "(one shared array), so a checkpoint with separate values cannot be loaded"
+            )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the machine can still give (MemAvailable on Linux), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(entries: list[TensorMap], dtype: Any, where: str) -> None:
+    """ValueError, before anything is allocated, when the parameters would not fit in memory."""
+    need = sum(math.prod(e.shape) for e in entries) * np.dtype(dtype).itemsize
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"{where}: the parameters need {need / 2**30:.2f} GiB as {np.dtype(dtype)}, but "
+            f"only {have / 2**30:.2f} GiB of memory is available; config.json may be wrong"
+        )
+
+
+def build_and_fill(
+    build: Callable[[], Any],
+    entries: list[TensorMap],
+    plan: Mapping[str, tuple[Any, bool]],
+    dtype: Any,
+    where: str,
+    copies: Iterable[tuple[Any, str, str]] = (),
+) -> Any:
+    """The model ``build()`` makes, with every parameter of ``plan`` read from its tensor.
+
+    With every parameter in the plan the model is built uninitialised, directly in
+    ``dtype`` (no random draw, no conversion); parameters missing from the plan (a head a
+    file does not hold) need their initialisation, so then the model is built as usual.
+    Returns the model in eval mode.
+    """
+    from numpyllm.nn.init import uninitialised
+
+    dtype = float_dtype(dtype)
+    check_memory(entries, dtype, where)
+    if len(plan) == len(entries):
+        with uninitialised(dtype):
+            model = build()
+    else:
+        model = build()
+        if model.dtype != dtype:
+            model.astype(dtype)
+    params = dict(model.named_parameters())
+    for entry in entries:  # the maps' shapes are the models' own: a mismatch is a bug here
+        if tuple(params[entry.ours].shape) != entry.shape:
+            raise RuntimeError(
+                f"{entry.ours}: the model has shape {params[entry.ours].shape}, the tensor "
+                f"map says {entry.shape}"
+            )
+    for ours, (ref, transpose) in plan.items():
+        ref.read_into(params[ours].data, transpose=transpose)
+    check_tied(model, list(copies), where)
+    return model.eval()
 
 
 def build_checkpoint(model: Any, entries: list[TensorMap]) -> dict[str, np.ndarray]:
@@ -372,10 +495,6 @@ def build_checkpoint(model: Any, entries: list[TensorMap]) -> dict[str, np.ndarr
         array = params[entry.ours].data
         out[entry.hf] = np.ascontiguousarray(array.T if entry.transpose else array)
     return out
-
-
-def model_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 def float_dtype(dtype: Any) -> np.dtype:

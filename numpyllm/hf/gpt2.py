@@ -107,17 +107,31 @@ def config_to_hf(config, dtype: str = "float32") -> dict[str, Any]:
     }
 
 
+def model_class() -> type:
+    from numpyllm.models.gpt import GPT
+
+    return GPT
+
+
 def tensor_map(config) -> list[common.TensorMap]:
     """One entry per numpyllm GPT parameter (see the module docstring's table)."""
-    names = ["wte.weight", "wpe.weight"]
+    d, d_ff = config.d_model, config.d_ff
+    shapes = {
+        "ln_1.weight": (d,), "ln_1.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d), "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d), "attn.c_proj.bias": (d,),
+        "ln_2.weight": (d,), "ln_2.bias": (d,),
+        "mlp.c_fc.weight": (d, d_ff), "mlp.c_fc.bias": (d_ff,),
+        "mlp.c_proj.weight": (d_ff, d), "mlp.c_proj.bias": (d,),
+    }  # fmt: skip
+    named = [("wte.weight", (config.vocab_size, d)), ("wpe.weight", (config.max_seq_len, d))]
     for i in range(config.n_layer):
-        for part in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
-            names += [f"h.{i}.{part}.weight", f"h.{i}.{part}.bias"]
-    names += ["ln_f.weight", "ln_f.bias"]
-    return [common.TensorMap(name, PREFIX + name) for name in names]
+        named += [(f"h.{i}.{part}", shape) for part, shape in shapes.items()]
+    named += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+    return [common.TensorMap(name, PREFIX + name, shape=shape) for name, shape in named]
 
 
-def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def canonical_names(tensors: dict[str, Any]) -> dict[str, Any]:
     """Names with the ``transformer.`` prefix. GPT2Model files and the hub's gpt2 have no
     prefix on any name; a file that prefixes some names keeps the others as they are."""
     if any(name.startswith(PREFIX) for name in tensors):
@@ -125,34 +139,24 @@ def canonical_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {(name if name in TIED else PREFIX + name): value for name, value in tensors.items()}
 
 
-def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=np.float32):
-    """A GPT from a config dict and transformers-named tensors (e.g. a torch state_dict
-    converted to NumPy); the in-memory half of ``load_gpt2``."""
-    from numpyllm.models.gpt import GPT
-
+def from_state(hf_config: dict[str, Any], tensors: dict[str, Any], dtype=np.float32):
+    """A GPT from a config dict and transformers-named tensors: arrays (e.g. a torch
+    state_dict converted to NumPy) or the lazy references ``common.tensor_refs`` reads."""
     dtype = common.float_dtype(dtype)
     config = config_from_hf(hf_config)
-    model = GPT(config)
-    if dtype != model.dtype:
-        model.astype(dtype)
-    state, _ = common.collect_state(
-        canonical_names(tensors),
-        tensor_map(config),
-        common.model_shapes(model),
-        dtype,
-        tied=TIED,
-        ignore=IGNORED,
-        where="GPT-2 checkpoint",
-    )
-    common.load_into(model, state)
-    return model.eval()
+    entries = tensor_map(config)
+    refs = canonical_names(common.as_refs(tensors))
+    where = "GPT-2 checkpoint"
+    plan, _ = common.collect_state(refs, entries, tied=TIED, ignore=IGNORED, where=where)
+    copies = common.tied_copies(refs, TIED, entries)
+    return common.build_and_fill(lambda: model_class()(config), entries, plan, dtype, where, copies)
 
 
 def load_gpt2(path: str | os.PathLike, dtype=np.float32):
     """Load a transformers GPT-2 folder (config.json + model.safetensors) as a numpyllm GPT,
     in eval mode, with parameters of ``dtype`` (float32 or float64)."""
     dtype = common.float_dtype(dtype)  # before any file is read
-    return from_state(common.read_config(path), common.read_tensors(path), dtype)
+    return from_state(common.read_config(path), common.tensor_refs(path), dtype)
 
 
 def to_state(model) -> dict[str, np.ndarray]:
@@ -160,12 +164,15 @@ def to_state(model) -> dict[str, np.ndarray]:
     return common.build_checkpoint(model, tensor_map(model.config))
 
 
-def save_gpt2(model, path: str | os.PathLike) -> None:
-    """Write ``model`` as a folder that transformers' GPT2LMHeadModel.from_pretrained loads."""
-    from numpyllm.models.gpt import GPT
-
-    if not isinstance(model, GPT):
+def save_gpt2(model, path: str | os.PathLike, token_ids: dict[str, int] | None = None) -> None:
+    """Write ``model`` as a folder that transformers' GPT2LMHeadModel.from_pretrained loads;
+    ``token_ids`` (bos_token_id, eos_token_id, pad_token_id) come from its tokenizer."""
+    if not isinstance(model, model_class()):
         raise TypeError(f"save_gpt2 expects a numpyllm GPT, got {type(model).__name__}")
-    common.write_checkpoint(
-        path, config_to_hf(model.config, common.dtype_name(model)), to_state(model)
-    )
+    config = config_to_hf(model.config, common.dtype_name(model))
+    common.add_token_ids(config, token_ids)
+    common.write_checkpoint(path, config, to_state(model))
+
+
+load = load_gpt2
+save = save_gpt2

@@ -51,6 +51,7 @@ feed_forward ("relu" or "gated-gelu"), initializer_factor -> init_factor; the re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Any
@@ -203,29 +204,59 @@ def tensor_map(config) -> list[common.TensorMap]:
         entries.append(T(f"{stack}.final_norm.weight", f"{stack}.final_layer_norm.weight"))
     if not config.tie_word_embeddings:
         entries.append(T("lm_head.weight", LM_HEAD, transpose=True))
-    return entries
+    return [dataclasses.replace(e, shape=_shape(e.ours, config)) for e in entries]
 
 
-def _head_is_tied(tensors: dict[str, np.ndarray]) -> bool:
+def _shape(ours: str, config) -> tuple[int, ...]:
+    """numpyllm's shape of a T5 parameter, from the config."""
+    d, inner, d_ff, V = config.d_model, config.n_head * config.d_kv, config.d_ff, config.vocab_size
+    if ours == "shared.weight":
+        return (V, d)
+    if ours == "lm_head.weight":
+        return (d, V)
+    if ours.endswith("relative_attention_bias.weight"):
+        return (config.relative_attention_num_buckets, config.n_head)
+    layer = ours.rsplit(".", 2)[-2]
+    linears = {  # (in, out)
+        "q_proj": (d, inner), "k_proj": (d, inner), "v_proj": (d, inner), "o_proj": (inner, d),
+        "fc_in": (d, d_ff), "fc_gate": (d, d_ff), "fc_out": (d_ff, d),
+    }  # fmt: skip
+    return linears.get(layer, (d,))  # else an RMS norm weight
+
+
+def _shared(tensors: dict[str, Any]) -> Any:
+    """The embedding's tensor: shared.weight, or one of its tied aliases if only those exist."""
+    for name in ("shared.weight", *TIED):
+        if name in tensors:
+            return tensors[name]
+    return None
+
+
+def _head_is_tied(tensors: dict[str, Any]) -> bool:
+    """Whether the file's lm_head.weight is absent or equal to the embedding (read for that)."""
     if LM_HEAD not in tensors:
         return True
-    shared = tensors.get("shared.weight")
-    for alias in TIED:  # the embedding may be stored only under a tied alias
-        shared = tensors.get(alias) if shared is None else shared
-    return shared is not None and np.array_equal(tensors[LM_HEAD], shared)
+    head, shared = tensors[LM_HEAD], _shared(tensors)
+    if shared is None or tuple(head.shape) != tuple(shared.shape):
+        return False
+    return bool(np.array_equal(head.read(), shared.read()))
 
 
-def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=np.float32):
-    """A T5 from a config dict and transformers-named tensors; the in-memory half of
-    ``load_t5``."""
+def model_class() -> type:
     from numpyllm.models.t5 import T5
 
+    return T5
+
+
+def from_state(hf_config: dict[str, Any], tensors: dict[str, Any], dtype=np.float32):
+    """A T5 from a config dict and transformers-named tensors (arrays, or the lazy references
+    ``common.tensor_refs`` reads); the in-memory half of ``load_t5``."""
     dtype = common.float_dtype(dtype)
-    tied_head = _head_is_tied(tensors)
+    refs = common.as_refs(tensors)
+    tied_head = _head_is_tied(refs)
     config = config_from_hf(hf_config, tied_head)
-    tensors = dict(tensors)
     if config.tie_word_embeddings:
-        tensors.pop(LM_HEAD, None)  # equal to shared.weight (checked above)
+        refs.pop(LM_HEAD, None)  # equal to shared.weight (checked above)
     elif tied_head:
         warnings.warn(
             f"{LOADER}: config.json does not rescale the decoder output, so the head loads as "
@@ -233,32 +264,21 @@ def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=
             "training updates the two apart (transformers keeps them tied)",
             stacklevel=3,
         )
-        shared = tensors.get("shared.weight")
-        for alias in TIED:
-            shared = tensors.get(alias) if shared is None else shared
+        shared = _shared(refs)
         if shared is not None:
-            tensors[LM_HEAD] = shared
-    model = T5(config)
-    if dtype != model.dtype:
-        model.astype(dtype)
-    state, _ = common.collect_state(
-        tensors,
-        tensor_map(config),
-        common.model_shapes(model),
-        dtype,
-        tied=TIED,
-        ignore=IGNORED,
-        where="T5 checkpoint",
-    )
-    common.load_into(model, state)
-    return model.eval()
+            refs[LM_HEAD] = shared  # (V, d), as torch stores the head
+    entries = tensor_map(config)
+    where = "T5 checkpoint"
+    plan, _ = common.collect_state(refs, entries, tied=TIED, ignore=IGNORED, where=where)
+    copies = common.tied_copies(refs, TIED, entries)
+    return common.build_and_fill(lambda: model_class()(config), entries, plan, dtype, where, copies)
 
 
 def load_t5(path: str | os.PathLike, dtype=np.float32):
     """Load a transformers T5 folder (config.json + model.safetensors) as a numpyllm T5, in
     eval mode, with parameters of ``dtype`` (float32 or float64)."""
     dtype = common.float_dtype(dtype)  # before any file is read
-    return from_state(common.read_config(path), common.read_tensors(path), dtype)
+    return from_state(common.read_config(path), common.tensor_refs(path), dtype)
 
 
 def to_state(model) -> dict[str, np.ndarray]:
@@ -266,12 +286,15 @@ def to_state(model) -> dict[str, np.ndarray]:
     return common.build_checkpoint(model, tensor_map(model.config))
 
 
-def save_t5(model, path: str | os.PathLike) -> None:
+def save_t5(model, path: str | os.PathLike, token_ids: dict[str, int] | None = None) -> None:
     """Write ``model`` as a folder that transformers' T5ForConditionalGeneration.from_pretrained
-    loads."""
-    from numpyllm.models.t5 import T5
-
-    if not isinstance(model, T5):
+    loads (its config sets every special-token id, so ``token_ids`` changes nothing)."""
+    if not isinstance(model, model_class()):
         raise TypeError(f"save_t5 expects a numpyllm T5, got {type(model).__name__}")
     config = config_to_hf(model.config, common.dtype_name(model))
+    common.add_token_ids(config, token_ids)
     common.write_checkpoint(path, config, to_state(model))
+
+
+load = load_t5
+save = save_t5
