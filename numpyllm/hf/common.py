@@ -468,7 +468,8 @@ def build_and_fill(
     dtype = float_dtype(dtype)
     check_memory(entries, dtype, where)
     if len(plan) == len(entries):
-        with uninitialised(dtype):
+        # (a constructor scaling its fresh weights now scales garbage: no warnings for that)
+        with uninitialised(dtype), np.errstate(all="ignore"):
             model = build()
     else:
         model = build()

@@ -49,7 +49,10 @@ class Parameter:
         if not flag:
             self.grad = None  # type: ignore[assignment]  # a frozen parameter holds no gradient
         elif self.grad is None:
-            self.grad = np.zeros_like(self.data)
+            # np.zeros, not zeros_like: zeroed memory from the OS costs nothing until
+            # written, so a model that never runs a backward (loaded for inference) never
+            # pays for it
+            self.grad = np.zeros(self.data.shape, dtype=self.data.dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
