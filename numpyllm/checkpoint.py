@@ -319,8 +319,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     folder = Path(path)
     if not folder.exists():
         raise FileNotFoundError(f"no checkpoint at {folder}: the path does not exist")
-    if (folder / MODEL_FILE).is_file() or (folder / MODEL_INDEX_FILE).is_file():
-        return folder
+    if any((folder / name).is_file() for name in (MODEL_FILE, MODEL_INDEX_FILE, CONFIG_FILE)):
+        return folder  # a model folder (the loader says what is missing from it, if anything)
     found = list_checkpoints(folder)
     if not found:
         raise FileNotFoundError(

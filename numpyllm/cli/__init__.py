@@ -31,6 +31,7 @@ numpyllm: the maths of a large language model written out in NumPy, from a termi
   numpyllm chat runs/gpt                      talk with it
   numpyllm eval runs/gpt                      loss and perplexity on held-out text
   numpyllm finetune runs/gpt --data my.txt    keep training it on your own text
+  numpyllm generate gpt2 --prompt "The"       GPT-2 from your Hugging Face cache (no download)
 
 Run `numpyllm COMMAND --help` for each command's options.
 Set NUMPYLLM_DEBUG=1 to see full tracebacks instead of one-line errors.

@@ -22,6 +22,9 @@ reply fit in the model's context.
 A small model trained on a few hundred thousand characters has never seen a
 conversation: expect replies in the style of its training text, not answers.
 
+CHECKPOINT may also be any GPT-2 folder transformers wrote, or a model name found in
+the local Hugging Face cache (numpyllm chat gpt2).
+
 Type exit or quit (any case), or end the input (Ctrl-D), to leave. Input may be
 piped:  printf 'hello\\nquit\\n' | numpyllm chat runs/gpt
 """

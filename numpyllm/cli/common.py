@@ -413,7 +413,9 @@ def add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
-        help="a checkpoint folder, or a training output folder (its newest checkpoint is used)",
+        help="a checkpoint folder, a training output folder (its newest checkpoint is used), "
+        "any Hugging Face model folder, or a model name such as gpt2 found in the local "
+        "Hugging Face cache ($HF_HOME; nothing is downloaded)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -533,17 +535,35 @@ def token_dataset(text: str, tokenizer: Any, args: argparse.Namespace) -> Any:
     return TokenDataset(text, tokenizer, cache_dir=args.cache_dir, val_fraction=args.val_fraction)
 
 
-def load_for_inference(checkpoint: str, tokenizer_path: str | None = None) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, checkpoint folder) from a checkpoint or a training output folder."""
-    from numpyllm.checkpoint import TOKENIZER_FILE, load_model, resolve_checkpoint
+#: what each kind of model a command may take is called in its messages
+MODEL_KINDS = {"GPT": "a GPT (GPT-2 family)", "BERT": "a BERT", "T5": "a T5"}
+
+
+def resolve_model_folder(spec: str) -> Path:
+    """The model folder ``spec`` names: a checkpoint folder, a training output folder (its
+    newest checkpoint), any Hugging Face model folder, or a model name such as ``gpt2``
+    found in the local Hugging Face cache (never downloaded)."""
+    from numpyllm.checkpoint import resolve_checkpoint
+    from numpyllm.hf.cache import resolve_model
+
+    return resolve_checkpoint(resolve_model(spec))
+
+
+def load_for_inference(
+    checkpoint: str, tokenizer_path: str | None = None, kinds: tuple[str, ...] = ("GPT",)
+) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, folder) from a folder or a model name (``resolve_model_folder``);
+    the model must be one of ``kinds`` (class names), the tokenizer the folder's own
+    ``tokenizer.json`` unless ``tokenizer_path`` is given."""
+    from numpyllm.checkpoint import TOKENIZER_FILE, load_model
     from numpyllm.tokenizer import Tokenizer
 
-    folder = resolve_checkpoint(checkpoint)
+    folder = resolve_model_folder(checkpoint)
     model = load_model(folder)
-    if type(model).__name__ != "GPT":
-        raise ValueError(
-            f"{folder} holds a {type(model).__name__}; this command needs a GPT checkpoint"
-        )
+    kind = type(model).__name__
+    if kind not in kinds:
+        wanted = " or ".join(MODEL_KINDS.get(k, k) for k in kinds)
+        raise ValueError(f"{folder} holds a {kind}; this command needs {wanted} checkpoint")
     if tokenizer_path is not None:
         tokenizer = Tokenizer.load(tokenizer_path)
     elif (folder / TOKENIZER_FILE).is_file():
@@ -587,6 +607,19 @@ def run_dir_of(folder: Path) -> Path:
     from numpyllm.checkpoint import CHECKPOINT_PATTERN
 
     return folder.parent if CHECKPOINT_PATTERN.fullmatch(folder.name) else folder
+
+
+def default_output_dir(folder: Path, spec: str, suffix: str) -> Path:
+    """Where a command writes what it derives from the model in ``folder``: beside its run
+    folder, or under runs/ for a model from the Hugging Face cache (never inside the cache)."""
+    from numpyllm.hf.cache import hub_cache_dir
+
+    try:
+        folder.resolve().relative_to(hub_cache_dir().resolve())
+    except ValueError:
+        run_dir = run_dir_of(folder)
+        return run_dir.parent / f"{run_dir.name}{suffix}"
+    return Path("runs") / f"{spec.replace('/', '--')}{suffix}"
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -653,6 +686,40 @@ def generate_text(
         ignore_memory_check=ignore_memory_check,
     )
     return [tokenizer.decode(row[len(ids) :], skip_special_tokens=True) for row in out]
+
+
+def generate_answer(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    num_samples: int = 1,
+) -> list[str]:
+    """An encoder-decoder's (T5's) ``num_samples`` answers to ``prompt``, decoded."""
+    import numpy as np
+
+    from numpyllm.generation import generate_encoder_decoder
+
+    ids = tokenizer.encode(prompt, add_special_tokens=True)  # T5's ends with </s>
+    if not ids:
+        raise UsageError("the prompt is empty: a text-to-text model needs an input")
+    rows = np.tile(np.asarray(ids, dtype=np.int64), (num_samples, 1))  # (S, T)
+    out = generate_encoder_decoder(
+        model,
+        rows,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        seed=seed,
+    )
+    return [tokenizer.decode(row[1:], skip_special_tokens=True) for row in out]
 
 
 # ------------------------------------------------------------------------- output

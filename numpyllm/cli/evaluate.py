@@ -13,6 +13,12 @@ Score a saved GPT on text: the mean cross-entropy of each next token (nats per
 token) and its exponential, the perplexity. Every token of the chosen split after
 the first is predicted once, from up to --seq-len tokens before it.
 
+A BERT is scored as a masked language model: in each window 15% of the tokens are
+hidden as BERT was trained (80% [MASK], 10% a random token, 10% unchanged; the same
+draw every run) and the loss is that of predicting them from both sides.
+CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2 or BERT folder transformers
+wrote, or a model name found in the local Hugging Face cache (gpt2, bert-base-uncased).
+
 Without --data the text is the built-in corpus and the split its validation part
 (the last 10%, which `numpyllm train` held out); with --data the whole file is
 scored unless --split says otherwise.
@@ -20,6 +26,8 @@ scored unless --split says otherwise.
 examples:
   numpyllm eval runs/gpt
   numpyllm eval runs/gpt/checkpoint-1000 --data notes.txt
+  numpyllm eval distilgpt2 --data notes.txt --seq-len 256
+  numpyllm eval bert-base-uncased --data notes.txt --seq-len 128
 """
 
 
@@ -98,10 +106,69 @@ def evaluate_tokens(
     return total / count, count, length
 
 
+MLM_PROBABILITY = 0.15
+MLM_SEED = 0
+
+
+def evaluate_masked(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    split: str,
+    seq_len: int,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+) -> tuple[float, int, int]:
+    """(mean masked-LM loss per hidden token, tokens hidden, window length used) on ``split``.
+
+    Each window is wrapped in the tokenizer's [CLS] ... [SEP] when it has them, as BERT
+    saw its inputs; the tokens to hide are drawn from a fixed seed, so scores compare.
+    """
+    import numpy as np
+
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None:
+        raise ValueError("the tokenizer has no mask token: a masked-LM score needs one")
+    ends = [t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id) if t is not None]
+    if len(ends) != 2:
+        ends = []
+    n_split = len(dataset.split_tokens(split))
+    length = min(seq_len, model.config.max_seq_len - len(ends), n_split)
+    if length < 1:
+        raise ValueError(f"the {split!r} split holds no tokens to score")
+    special = [t for t in (*ends, tokenizer.pad_token_id) if t is not None]
+    rng = np.random.default_rng(MLM_SEED)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i, windows in enumerate(dataset.iter_windows(split, batch_size, max(length, 2))):
+            if max_batches and i >= max_batches:
+                break
+            if ends:
+                column = np.ones((len(windows), 1), dtype=windows.dtype)
+                windows = np.concatenate([column * ends[0], windows, column * ends[1]], axis=1)
+            masked, labels = model.mask_tokens(
+                windows, mask_id, model.config.vocab_size, rng, MLM_PROBABILITY, special
+            )
+            n = int(np.sum(labels != -100))
+            if n == 0:
+                continue
+            total += float(model(masked, labels=labels, head="mlm").loss) * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0 or not math.isfinite(total):
+        raise ValueError(f"no masked-LM score on the {split!r} split: too little text")
+    return total / count, count, length
+
+
 def run(args: argparse.Namespace) -> int:
     from numpyllm.data import TokenDataset
 
-    model, tokenizer, folder = common.load_for_inference(args.checkpoint, args.tokenizer)
+    model, tokenizer, folder = common.load_for_inference(
+        args.checkpoint, args.tokenizer, kinds=("GPT", "BERT")
+    )
     text, source = common.load_text(args.data)
     split = args.split or ("val" if args.data is None else "all")
     val_fraction = 0.0 if split == "all" else args.val_fraction
@@ -109,16 +176,19 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError(f"--split {split} needs --val-fraction > 0")
     dataset = TokenDataset(text, tokenizer, cache_dir=args.cache_dir, val_fraction=val_fraction)
     seq_len = args.seq_len or model.config.max_seq_len
-    loss, count, length = evaluate_tokens(
-        model,
-        dataset,
-        "train" if split == "all" else split,
-        seq_len,
-        args.batch_size,
-        args.max_batches or None,
-    )
+    which = "train" if split == "all" else split
+    masked = type(model).__name__ == "BERT"
+    if masked:
+        loss, count, length = evaluate_masked(
+            model, tokenizer, dataset, which, seq_len, args.batch_size, args.max_batches or None
+        )
+    else:
+        loss, count, length = evaluate_tokens(
+            model, dataset, which, seq_len, args.batch_size, args.max_batches or None
+        )
     print(f"checkpoint  {folder}")
-    print(f"data        {source}, split {split!r}: {count:,} tokens scored, windows of {length}")
-    print(f"loss        {loss:.4f} nats/token")
+    scored = "masked tokens predicted" if masked else "tokens scored"
+    print(f"data        {source}, split {split!r}: {count:,} {scored}, windows of {length}")
+    print(f"loss        {loss:.4f} nats/token" + (" (masked-LM)" if masked else ""))
     print(f"perplexity  {math.exp(loss) if loss < 700 else float('inf'):,.2f}")
     return 0

@@ -27,9 +27,11 @@ DEFAULTS: dict[str, Any] = {
 DESCRIPTION = """\
 Fine-tune: start from a saved GPT and its tokenizer and keep training on new text,
 so the model picks up that text's words and style while keeping what it learnt
-before. The new text is encoded with the checkpoint's own tokenizer (the vocabulary
-cannot change), and its last --val-fraction is held out: the validation loss on it
-is printed before and after, so you can see what fine-tuning changed.
+before. The GPT may be one numpyllm trained or any GPT-2 folder transformers wrote
+(gpt2, distilgpt2, ... from the Hugging Face cache by name). The new text is
+encoded with the checkpoint's own tokenizer (the vocabulary cannot change), and its
+last --val-fraction is held out: the validation loss on it is printed before and
+after, so you can see what fine-tuning changed.
 
 The optimizer starts afresh (new AdamW state, new warmup); a lower learning rate
 than pretraining's keeps the update gentle.
@@ -37,6 +39,7 @@ than pretraining's keeps the update gentle.
 examples:
   numpyllm finetune runs/gpt --data my_notes.txt
   numpyllm finetune runs/gpt --data poems/ --num-train-epochs 3 --max-steps -1
+  numpyllm finetune distilgpt2 --data my_notes.txt --seq-len 128 --max-steps 50
 """
 
 
@@ -76,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if seq_len < 2:
         raise common.UsageError("--seq-len must be >= 2 (an input and a target)")
     if args.output_dir is None:
-        run_dir = common.run_dir_of(folder)
-        args.output_dir = str(run_dir.parent / f"{run_dir.name}-finetuned")
+        args.output_dir = str(common.default_output_dir(folder, args.checkpoint, "-finetuned"))
     if args.dropout is not None:
         model = common.with_dropout(model, args.dropout)
     common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work

@@ -8,7 +8,11 @@ from typing import Any
 from numpyllm.cli import common
 
 DESCRIPTION = """\
-Continue a prompt with a saved GPT, one token at a time (with a key-value cache).
+Continue a prompt with a saved GPT, one token at a time (with a key-value cache), or
+answer it with a T5 (text to text: the prompt is the encoder's input, e.g.
+"translate English to German: The house is small.", and only the answer is printed).
+CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2 / T5 folder transformers
+wrote, or a model name found in the local Hugging Face cache (gpt2, t5-small, ...).
 Each step turns the model's scores for the next token into a choice: --greedy takes
 the most likely token; sampling (the default) draws one at random after dividing
 the scores by --temperature and keeping only the --top-k most likely tokens and the
@@ -21,6 +25,8 @@ examples:
   numpyllm generate runs/gpt --prompt "The list"
   numpyllm generate runs/gpt --prompt "def" --greedy --max-new-tokens 40
   numpyllm generate runs/gpt --prompt "A" --num-samples 3 --temperature 1.0 --top-p 0.9 --seed 1
+  numpyllm generate gpt2 --prompt "The meaning of life is" --greedy
+  numpyllm generate t5-small --prompt "translate English to German: Thank you." --greedy
 """
 
 
@@ -54,9 +60,13 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError(
             "--greedy gives the same text every time; use --num-samples 1 or sample"
         )
-    model, tokenizer, folder = common.load_for_inference(args.checkpoint, args.tokenizer)
+    model, tokenizer, folder = common.load_for_inference(
+        args.checkpoint, args.tokenizer, kinds=("GPT", "T5")
+    )
     common.info(f"[{folder}: {model.num_parameters():,} parameters]")
-    texts = common.generate_text(
+    text_to_text = type(model).__name__ == "T5"
+    generate = common.generate_answer if text_to_text else common.generate_text
+    texts = generate(
         model,
         tokenizer,
         args.prompt,
@@ -72,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")
-        print(args.prompt + text, flush=True)
+        print(text if text_to_text else args.prompt + text, flush=True)
     return 0
