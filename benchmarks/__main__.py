@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--threads N] [--only ops|train|generate|memory] [--rounds R]
+"""python -m benchmarks [--quick] [--threads N] [--only ops|train|generate|memory|load] [--rounds R]
 
 Prints a Markdown table of numpyllm against PyTorch eager (and transformers' generate) and
 writes the JSON to benchmarks/results/. torch is optional: without it only numpyllm's columns
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-SECTIONS = ("ops", "train", "generate", "memory")
+SECTIONS = ("ops", "train", "generate", "memory", "load")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import memory
 
             rows += memory.run(configs, args.threads, steps=1 if args.quick else 2)
+        elif section == "load":
+            from benchmarks import generate, load
+
+            if args.quick:  # numpyllm alone, one round: seconds
+                rows += load.run(common.QUICK_CONFIGS["quick"], 1, args.threads, quick=True)
+            else:  # a GPT-2-124M-sized checkpoint: loading, then generating
+                rows += load.run(load.GPT2_124M, min(rounds, 5), args.threads)
+                gpt2 = {"gpt2-124m": load.GPT2_124M}
+                rows += generate.run(gpt2, min(rounds, 3), prompt_len=16, new_tokens=64)
         print(
             f"  {section} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True
         )
