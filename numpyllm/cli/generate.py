@@ -65,20 +65,27 @@ def run(args: argparse.Namespace) -> int:
     )
     common.info(f"[{folder}: {model.num_parameters():,} parameters]")
     text_to_text = type(model).__name__ == "T5"
-    generate = common.generate_answer if text_to_text else common.generate_text
-    texts = generate(
-        model,
-        tokenizer,
-        args.prompt,
-        args.max_new_tokens,
+    sampling = dict(
         do_sample=args.do_sample,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
         num_samples=args.num_samples,
-        ignore_memory_check=args.ignore_memory_check,
     )
+    if text_to_text:
+        texts = common.generate_answer(
+            model, tokenizer, args.prompt, args.max_new_tokens, **sampling
+        )
+    else:
+        texts = common.generate_text(
+            model,
+            tokenizer,
+            args.prompt,
+            args.max_new_tokens,
+            **sampling,
+            ignore_memory_check=args.ignore_memory_check,
+        )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")

@@ -222,7 +222,7 @@ def canonical_names(tensors: dict[str, Any]) -> dict[str, Any]:
     return {_canonical_name(name, add_prefix): value for name, value in tensors.items()}
 
 
-def model_class() -> type:
+def model_class() -> Any:
     from numpyllm.models.bert import BERT
 
     return BERT

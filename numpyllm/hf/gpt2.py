@@ -107,7 +107,7 @@ def config_to_hf(config, dtype: str = "float32") -> dict[str, Any]:
     }
 
 
-def model_class() -> type:
+def model_class() -> Any:
     from numpyllm.models.gpt import GPT
 
     return GPT
@@ -124,7 +124,10 @@ def tensor_map(config) -> list[common.TensorMap]:
         "mlp.c_fc.weight": (d, d_ff), "mlp.c_fc.bias": (d_ff,),
         "mlp.c_proj.weight": (d_ff, d), "mlp.c_proj.bias": (d,),
     }  # fmt: skip
-    named = [("wte.weight", (config.vocab_size, d)), ("wpe.weight", (config.max_seq_len, d))]
+    named: list[tuple[str, tuple[int, ...]]] = [
+        ("wte.weight", (config.vocab_size, d)),
+        ("wpe.weight", (config.max_seq_len, d)),
+    ]
     for i in range(config.n_layer):
         named += [(f"h.{i}.{part}", shape) for part, shape in shapes.items()]
     named += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]

@@ -242,7 +242,7 @@ def _head_is_tied(tensors: dict[str, Any]) -> bool:
     return bool(np.array_equal(head.read(), shared.read()))
 
 
-def model_class() -> type:
+def model_class() -> Any:
     from numpyllm.models.t5 import T5
 
     return T5

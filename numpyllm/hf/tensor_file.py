@@ -101,7 +101,7 @@ class TensorRef:
 
 
 def _read_exactly(f: Any, out: np.ndarray, ref: TensorRef) -> None:
-    view = memoryview(out.reshape(-1).view(np.uint8))
+    view = out.reshape(-1).view(np.uint8).data  # a memoryview of out's bytes
     done = 0
     while done < len(view):
         n = f.readinto(view[done:])
@@ -199,4 +199,4 @@ def write(
         f.write(text)
         for array in arrays.values():
             contiguous = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-            f.write(memoryview(contiguous.reshape(-1).view(np.uint8)))
+            f.write(contiguous.reshape(-1).view(np.uint8).data)
