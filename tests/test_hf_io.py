@@ -431,3 +431,61 @@ def test_no_temp_files_left_after_saves(tmp_path):
         [common.CONFIG_FILE, common.GENERATION_CONFIG_FILE, common.WEIGHTS_FILE]
     )
     assert_same_parameters(load_gpt2(tmp_path), small_gpt(2))
+
+
+# ------------------------------------------------------------------------- lean loading
+
+
+def test_a_config_bomb_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    """n_embd = 2**20 would need terabytes: the headers disagree, so nothing is allocated."""
+    save_gpt2(small_gpt(), tmp_path)
+    edit_config(tmp_path, n_embd=2**20, n_head=2)
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the model was built before the checks")
+
+    monkeypatch.setattr(hf_gpt2, "model_class", no_allocation)
+    with pytest.raises(ValueError, match=r"transformer\.wte\.weight has shape \(13, 8\)"):
+        load_gpt2(tmp_path)
+
+
+def test_a_model_bigger_than_the_free_memory_is_refused(tmp_path, monkeypatch):
+    save_gpt2(small_gpt(), tmp_path)
+    monkeypatch.setattr(common, "available_memory", lambda: 1000)  # bytes
+    with pytest.raises(ValueError, match=r"need .* GiB as float32, but only .* available"):
+        load_gpt2(tmp_path)
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    save_gpt2(small_gpt(), tmp_path)
+    file = tmp_path / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["transformer.wte.weight"]["shape"] = [2**30, 2**20]  # 4 PiB, in a few KiB of file
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    file.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + n :])
+    with pytest.raises(ValueError, match="corrupted or truncated.*transformer.wte.weight"):
+        load_gpt2(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loading_draws_no_random_weights_and_builds_in_the_target_dtype(tmp_path, monkeypatch,
+                                                                         dtype):  # fmt: skip
+    from numpyllm.nn import init
+
+    model = small_gpt()
+    save_gpt2(model, tmp_path)
+    seen = []
+    real = init.normal
+
+    def spy(rng, shape, std, param_dtype):
+        seen.append(init._UNINITIALISED.get())
+        return real(rng, shape, std, param_dtype)
+
+    monkeypatch.setattr(init, "normal", spy)
+    loaded = load_gpt2(tmp_path, dtype=dtype)
+    assert seen and all(d == np.dtype(dtype) for d in seen)  # allocated, never drawn
+    assert all(p.data.dtype == dtype for p in loaded.parameters())
+    assert_same_parameters(loaded.astype(np.float32), model)

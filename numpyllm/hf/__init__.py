@@ -10,6 +10,11 @@ A checkpoint is a folder with ``config.json`` and ``model.safetensors`` (what tr
 
     model = load_gpt2("gpt2-folder")           # numpyllm GPT, eval mode, float32
     save_gpt2(model, "out")                    # GPT2LMHeadModel.from_pretrained("out") loads it
+
+``registry`` maps config.json's model_type to the module that reads and writes it (every
+checkpoint numpyllm saves is such a folder); ``cache`` finds a model name such as ``gpt2`` in
+the local Hugging Face cache; ``tensor_file`` reads safetensors headers first and each tensor
+straight into its parameter.
 """
 
 from numpyllm.hf.bert import load_bert, save_bert
