@@ -259,6 +259,44 @@ def test_finetune_continues_training_on_new_text(trained, workdir):
     assert state["args"]["gradient_checkpointing"] is True
 
 
+def test_finetune_with_lora_saves_an_adapter_that_generate_and_eval_apply(trained, workdir):
+    out, _ = trained
+    base = out / "checkpoint-40"
+    target = workdir / "lora"
+    result = run_cli(
+        "finetune", str(base), "--data", str(workdir / "new.txt"), "--output-dir", str(target),
+        "--max-steps", "15", "--learning-rate", "1e-2", "--warmup-steps", "0", "--disable-tqdm",
+        "--lora-r", "4", "--lora-alpha", "8", "--lora-target-modules", "c_attn,c_proj", "--merge",
+        cache=workdir / "cache",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"trainable params [\d,]+ of [\d,]+ \(\d+\.\d\d%\)", result.stdout)
+    before = number_after("before      validation loss", result.stdout)
+    after = number_after("after       validation loss", result.stdout)
+    assert after < before
+    config = json.loads((target / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["target_modules"] == ["c_attn", "c_proj"]
+    assert (target / "adapter_model.safetensors").is_file()
+    assert not (target / "training").exists()  # only the adapter (and the merged model) stay
+    evals = [
+        run_cli("eval", str(base), "--data", str(workdir / "new.txt"), "--adapter", str(target),
+                cache=workdir / "cache"),
+        run_cli("eval", str(target / "merged"), "--data", str(workdir / "new.txt"),
+                cache=workdir / "cache"),
+        run_cli("eval", str(base), "--data", str(workdir / "new.txt"), cache=workdir / "cache"),
+    ]  # fmt: skip
+    for e in evals:
+        assert e.returncode == 0, e.stderr
+    adapted, merged, plain = (number_after("loss", e.stdout) for e in evals)
+    assert adapted == pytest.approx(merged, abs=1e-3) and adapted < plain
+    gen = run_cli("generate", str(base), "--adapter", str(target), "--prompt", "the",
+                  "--max-new-tokens", "5", "--greedy", cache=workdir / "cache")  # fmt: skip
+    assert gen.returncode == 0 and gen.stdout.startswith("the"), gen.stderr
+    bad = run_cli("finetune", str(base), "--data", str(workdir / "new.txt"), "--lora-r", "2",
+                  "--lora-target-modules", "query", cache=workdir / "cache")  # fmt: skip
+    assert_one_line_error(bad, 2, "query", "c_attn")
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workdir):
     out = workdir / "interrupted"
     args = [

@@ -38,6 +38,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=common.HelpFormatter,
     )
     common.add_checkpoint_arg(parser)
+    common.add_adapter_arg(parser)
     parser.add_argument(
         "--history-turns",
         type=common.nonnegative_int,
@@ -78,7 +79,9 @@ def reply_from(continuation: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer, folder = common.load_for_inference(args.checkpoint, args.tokenizer)
+    model, tokenizer, folder = common.load_for_inference(
+        args.checkpoint, args.tokenizer, adapter=args.adapter
+    )
     context = model.config.max_seq_len
     max_new = min(args.max_new_tokens, context - 1)
     budget = max(context - max_new, context // 2)  # room for the reply, most of the time

@@ -549,12 +549,26 @@ def resolve_model_folder(spec: str) -> Path:
     return resolve_checkpoint(resolve_model(spec))
 
 
+def add_adapter_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapter",
+        metavar="FOLDER",
+        help="a LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as "
+        "'numpyllm finetune --lora-r' or Hugging Face peft write it) to apply on top of "
+        "CHECKPOINT; it is merged into the weights once, so it costs no time per token",
+    )
+
+
 def load_for_inference(
-    checkpoint: str, tokenizer_path: str | None = None, kinds: tuple[str, ...] = ("GPT",)
+    checkpoint: str,
+    tokenizer_path: str | None = None,
+    kinds: tuple[str, ...] = ("GPT",),
+    adapter: str | None = None,
 ) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) from a folder or a model name (``resolve_model_folder``);
     the model must be one of ``kinds`` (class names), the tokenizer the folder's own
-    ``tokenizer.json`` unless ``tokenizer_path`` is given."""
+    ``tokenizer.json`` unless ``tokenizer_path`` is given; the LoRA ``adapter`` folder, when
+    given, is merged into the weights."""
     from numpyllm.checkpoint import TOKENIZER_FILE, load_model
     from numpyllm.tokenizer import Tokenizer
 
@@ -579,6 +593,11 @@ def load_for_inference(
             f"{model.config.vocab_size}: token ids >= {model.config.vocab_size} would be out "
             "of range (is this the model's tokenizer?)"
         )
+    if adapter is not None:
+        from numpyllm.peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        info(f"[adapter {adapter} merged into {folder}]")
     model.eval()
     return model, tokenizer, folder
 

@@ -39,6 +39,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=common.HelpFormatter,
     )
     common.add_checkpoint_arg(parser)
+    common.add_adapter_arg(parser)
     common.add_data_args(
         parser, "a UTF-8 text file or a folder of .txt files (default: the built-in corpus)"
     )
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from numpyllm.data import TokenDataset
 
     model, tokenizer, folder = common.load_for_inference(
-        args.checkpoint, args.tokenizer, kinds=("GPT", "BERT")
+        args.checkpoint, args.tokenizer, kinds=("GPT", "BERT"), adapter=args.adapter
     )
     text, source = common.load_text(args.data)
     split = args.split or ("val" if args.data is None else "all")

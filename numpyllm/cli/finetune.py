@@ -36,10 +36,17 @@ after, so you can see what fine-tuning changed.
 The optimizer starts afresh (new AdamW state, new warmup); a lower learning rate
 than pretraining's keeps the update gentle.
 
+With --lora-r the model's weights stay frozen: small LoRA matrices are trained on the
+chosen projections instead (--lora-target-modules), and the result is an adapter folder
+(adapter_config.json + adapter_model.safetensors, Hugging Face peft's format), used with
+'--adapter FOLDER' by generate, chat and eval; --merge also writes the merged model.
+
 examples:
   numpyllm finetune runs/gpt --data my_notes.txt
   numpyllm finetune runs/gpt --data poems/ --num-train-epochs 3 --max-steps -1
   numpyllm finetune distilgpt2 --data my_notes.txt --seq-len 128 --max-steps 50
+  numpyllm finetune runs/gpt --data my_notes.txt --lora-r 8 --lora-target-modules c_attn,c_proj
+  numpyllm generate runs/gpt --adapter runs/gpt-lora --prompt 'Once'
 """
 
 
@@ -64,8 +71,48 @@ def add_parser(subparsers: Any) -> None:
         metavar="P",
         help="dropout while fine-tuning (default: the checkpoint's)",
     )
+    lora = parser.add_argument_group("LoRA (names as in peft's LoraConfig)")
+    lora.add_argument(
+        "--lora-r",
+        type=common.positive_int,
+        metavar="R",
+        help="train a rank-R LoRA adapter instead of every weight; saves an adapter folder",
+    )
+    lora.add_argument(
+        "--lora-alpha", type=float, default=16.0, metavar="A",
+        help="the update is scaled by A / R (default: 16)",
+    )  # fmt: skip
+    lora.add_argument(
+        "--lora-target-modules", metavar="NAMES",
+        help="comma-separated layer names to adapt, e.g. c_attn,c_proj (default: c_attn)",
+    )  # fmt: skip
+    lora.add_argument(
+        "--lora-dropout", type=common.fraction, default=0.0, metavar="P",
+        help="dropout on the adapters' input (default: 0)",
+    )  # fmt: skip
+    lora.add_argument(
+        "--merge", action="store_true",
+        help="also write the model with the adapter merged in, to OUTPUT_DIR/merged",
+    )  # fmt: skip
     common.add_training_args(parser, DEFAULTS)
     parser.set_defaults(run=run)
+
+
+def _lora_config(args: argparse.Namespace) -> Any:
+    from numpyllm.peft import LoraConfig
+
+    targets = None
+    if args.lora_target_modules is not None:
+        targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
+        if not targets:
+            raise common.UsageError("--lora-target-modules names no layer")
+    try:
+        return LoraConfig(
+            r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+            target_modules=targets, base_model_name_or_path=str(args.checkpoint),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise common.UsageError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,10 +125,24 @@ def run(args: argparse.Namespace) -> int:
         raise common.UsageError(f"--seq-len {seq_len} exceeds the model's context of {context}")
     if seq_len < 2:
         raise common.UsageError("--seq-len must be >= 2 (an input and a target)")
+    lora = args.lora_r is not None
+    if not lora and args.merge:
+        raise common.UsageError("--merge needs --lora-r: only an adapter can be merged")
     if args.output_dir is None:
-        args.output_dir = str(common.default_output_dir(folder, args.checkpoint, "-finetuned"))
+        suffix = "-lora" if lora else "-finetuned"
+        args.output_dir = str(common.default_output_dir(folder, args.checkpoint, suffix))
     if args.dropout is not None:
         model = common.with_dropout(model, args.dropout)
+    adapter_dir = Path(args.output_dir)
+    peft_model = None
+    if lora:
+        from numpyllm.peft import get_peft_model
+
+        try:
+            peft_model = get_peft_model(model, _lora_config(args))
+        except ValueError as exc:
+            raise common.UsageError(str(exc)) from None
+        args.output_dir = str(adapter_dir / "training")  # the Trainer's resumable checkpoints
     common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work
     if common.memory_check(model, args, seq_len):
         return 0  # --dry-run: the report is all
@@ -104,6 +165,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint  {folder}: {model.num_parameters():,} parameters, context {context}")
     print(f"data        {source}: {len(text):,} characters")
     print(f"tokens      {len(dataset.train):,} train / {len(dataset.val):,} validation")
+    if peft_model is not None:
+        trainable, total = peft_model.num_trainable_parameters()
+        config = peft_model.peft_config
+        print(
+            f"LoRA        r={config.r}, alpha={config.lora_alpha:g} on "
+            f"{len(peft_model.lora_layers())} layers ({', '.join(config.target_modules)}): "
+            f"trainable params {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        )
 
     targs = common.training_arguments(
         args, common.total_steps(args, dataset, seq_len), seq_len=seq_len
@@ -127,9 +196,32 @@ def run(args: argparse.Namespace) -> int:
     after, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
     print(f"before      validation loss {common.fmt_loss(before)}")
     print(f"after       validation loss {common.fmt_loss(after)}")
+    if peft_model is not None:
+        return _save_adapter(peft_model, adapter_dir, folder, tokenizer, args.merge)
     where = shlex.quote(str(Path(targs.output_dir)))
     print(
         f"Saved to {metrics['checkpoint']}. Next: numpyllm generate {where} --prompt '...'"
         f"   |   numpyllm chat {where}"
     )
+    return 0
+
+
+def _save_adapter(
+    peft_model: Any, adapter_dir: Path, base: Path, tokenizer: Any, merge: bool
+) -> int:
+    """The adapter folder is the result: the Trainer's full checkpoints are dropped once it is
+    written (they stay only when training was interrupted, for --resume-from-checkpoint)."""
+    import shutil
+
+    from numpyllm.checkpoint import save_checkpoint
+
+    peft_model.save_pretrained(adapter_dir)
+    shutil.rmtree(adapter_dir / "training", ignore_errors=True)
+    base_q, adapter_q = shlex.quote(str(base)), shlex.quote(str(adapter_dir))
+    print(f"Saved the adapter to {adapter_dir}.")
+    if merge:
+        merged_dir = adapter_dir / "merged"
+        save_checkpoint(merged_dir, peft_model.merge_and_unload(), tokenizer=tokenizer)
+        print(f"Saved the merged model to {merged_dir}.")
+    print(f"Next: numpyllm generate {base_q} --adapter {adapter_q} --prompt '...'")
     return 0

@@ -38,6 +38,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=common.HelpFormatter,
     )
     common.add_checkpoint_arg(parser)
+    common.add_adapter_arg(parser)
     parser.add_argument(
         "--prompt",
         default="",
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             "--greedy gives the same text every time; use --num-samples 1 or sample"
         )
     model, tokenizer, folder = common.load_for_inference(
-        args.checkpoint, args.tokenizer, kinds=("GPT", "T5")
+        args.checkpoint, args.tokenizer, kinds=("GPT", "T5"), adapter=args.adapter
     )
     common.info(f"[{folder}: {model.num_parameters():,} parameters]")
     text_to_text = type(model).__name__ == "T5"

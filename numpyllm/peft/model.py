@@ -239,9 +239,10 @@ def _strip_adapter_name(key: str) -> str:
 
 
 def _read_adapter(file: Path) -> dict[str, np.ndarray]:
-    from numpyllm.hf.common import _read_safetensors
+    """Every tensor of a safetensors file (bfloat16 widened to float32), nothing unpickled."""
+    from numpyllm.hf.tensor_file import read_header
 
-    return _read_safetensors(file)
+    return {name: ref.read() for name, ref in read_header(file)[0].items()}
 
 
 def _replace(model: Module, dotted: str, new: Linear) -> None:
