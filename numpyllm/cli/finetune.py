@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     lora = args.lora_r is not None
     if not lora and args.merge:
         raise common.UsageError("--merge needs --lora-r: only an adapter can be merged")
+    if lora and args.resume_from_checkpoint is not None:
+        raise common.UsageError(
+            "--resume-from-checkpoint is not supported with --lora-r yet (the checkpoints hold "
+            "the base model only): start the LoRA run again"
+        )
     if args.output_dir is None:
         suffix = "-lora" if lora else "-finetuned"
         args.output_dir = str(common.default_output_dir(folder, args.checkpoint, suffix))
