@@ -22,7 +22,7 @@ def _uniform_bits(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
 
 
 def dropout_forward(
-    x: np.ndarray, p: float, rng: np.random.Generator, training: bool = True
+    x: np.ndarray, p: float, rng: np.random.Generator | None, training: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """y = x ⊙ m / (1 - p),  m_i ~ Bernoulli(1 - p) independently.
 

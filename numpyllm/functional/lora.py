@@ -109,7 +109,7 @@ def lora_forward(
         )
     y, base_cache = linear_forward(x, weight, bias)  # (..., out)
     x2 = x.reshape(-1, in_features)  # (N, in)
-    u, mask = dropout_forward(x2, dropout, rng, training=training)  # type: ignore[arg-type]
+    u, mask = dropout_forward(x2, dropout, rng, training=training)
     delta, h = lora_delta_forward(u, lora_a, lora_b, scaling)  # (N, out), (N, r)
     y.reshape(-1, y.shape[-1])[...] += delta
     return y, (base_cache, mask, h, lora_a, lora_b, scaling)
