@@ -12,8 +12,18 @@
    [CLS] tokens [SEP]; the classification head reads the [CLS] position (through the
    pooler) and gives two logits (``head="classification"``). Accuracy is measured on
    held-out sentences: combinations of subject, adjective and template never trained on.
+   It reaches 90% or more whatever the seed and the thread count (examples/README.md).
 
-    python examples/bert.py [--mlm-steps 200] [--steps 300] [--d-model 128]
+The fine-tuning rate warms up over the first 10% of the steps and then falls linearly
+to 0. With a constant rate of 1e-3 instead, the held-out accuracy depended on the last
+bits of the arithmetic: 100% on one thread and 75% with the batch split over two, the
+same seed. The model first fits the adjective alone (about 60-80%), and only later the
+negations; a constant large rate kept knocking it back off what it had found, so where
+it stood at the last step was luck. Warmup keeps Adam's first steps small while its
+moment estimates are still noisy (post-LayerNorm transformers are known to need it);
+the decay lets the weights settle.
+
+    python examples/bert.py [--mlm-steps 200] [--steps 500] [--d-model 64] [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import numpy as np
 
 from numpyllm import BERT, BertConfig
 from numpyllm.data import TokenDataset, builtin_corpus
-from numpyllm.optim import AdamW
+from numpyllm.optim import AdamW, LRScheduler, warmup_linear
 from numpyllm.tokenizer import Tokenizer
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")  # ids 0, 1, 2, 3
@@ -80,17 +90,20 @@ def main(argv: list[str] | None = None) -> dict:
     """Pretrain, show the hidden states, fine-tune; returns losses and accuracies."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlm-steps", type=int, default=200, help="masked-LM pretraining steps")
-    parser.add_argument("--steps", type=int, default=300, help="classification fine-tuning steps")
-    parser.add_argument("--d-model", type=int, default=128, help="width of the encoder")
+    parser.add_argument("--steps", type=int, default=500, help="classification fine-tuning steps")
+    parser.add_argument("--d-model", type=int, default=64, help="width of the encoder")
     parser.add_argument("--n-layer", type=int, default=2, help="encoder blocks")
     parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per step")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="fine-tuning rate")
+    parser.add_argument("--mlm-seq-len", type=int, default=32, help="tokens per pretraining row")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="peak fine-tuning rate")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, batches, data")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads a training batch is split over (default: the cores, "
                         "for batches large enough to gain)")  # fmt: skip
     args = parser.parse_args(argv)
+    if not 1 <= args.mlm_seq_len <= 64:
+        parser.error(f"--mlm-seq-len must be in 1..64 (the context), got {args.mlm_seq_len}")
     rng = np.random.default_rng(args.seed)
 
     corpus = builtin_corpus()
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     mlm_losses = []
     for step in range(1, args.mlm_steps + 1):
-        windows = dataset.sample_windows("train", args.batch_size, config.max_seq_len, rng)
+        windows = dataset.sample_windows("train", args.batch_size, args.mlm_seq_len, rng)
         masked, labels = BERT.mask_tokens(
             windows, tokenizer.mask_token_id, tokenizer.vocab_size, rng,
             special_ids=tokenizer.all_special_ids,
@@ -142,12 +155,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {sentence!r:<44} {'positive' if label else 'negative'}")
     before = accuracy(model, test_ids, test_mask, test_labels)
     optimizer = AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    # Warm up over the first 10% of the steps, then fall linearly to 0 at the last one.
+    scheduler = LRScheduler(
+        optimizer, lambda step: warmup_linear(step, max(1, args.steps // 10), args.steps)
+    )
     for step in range(1, args.steps + 1):
         rows = rng.integers(0, len(train), size=args.batch_size)
         out = model(train_ids[rows], labels=train_labels[rows], attention_mask=train_mask[rows],
                     head="classification")  # fmt: skip
         model.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad()
         if step == 1 or step % max(1, args.steps // 5) == 0:
             print(f"  classification step {step:4d}  loss {out.loss:.3f}")

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per training row")
     parser.add_argument("--output-dir", default=str(Path("runs") / "examples" / "first_llm"))
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights and batches")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads a training batch is split over (default: the cores, "
+                        "for batches large enough to gain)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         )  # fmt: skip
         model = GPT(config, rng=np.random.default_rng(args.seed))
         print("Step 3. Model: a new GPT (no folder given with --model), not trained yet")
+    if args.threads is not None:
+        model.num_threads = args.threads
     print(f"        {model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}")
 
     input_text = "Hello, world!"

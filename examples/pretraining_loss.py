@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per training row")
     parser.add_argument("--batch-size", type=int, default=16, help="rows per training step")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, batches, masks")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads a training batch is split over (default: the cores, "
+                        "for batches large enough to gain)")  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = GPTConfig(vocab_size=V, n_layer=2, n_head=4, d_model=args.d_model,
                        max_seq_len=args.seq_len, dropout=0.0)  # fmt: skip
     gpt = GPT(config, rng=rng)
+    if args.threads is not None:
+        gpt.num_threads = args.threads
     print(f"\nGPT ({gpt.num_parameters():,} parameters), untrained:")
     untrained = per_token_losses(gpt, tokenizer, ids)
     logits = gpt(np.array([ids])).logits
