@@ -294,3 +294,23 @@ def test_t5(capsys):
     assert result["accuracy"] >= 0.3
     assert result["steps_to_target"] in (300, 600)
     assert "held-out exact match" in out and "'spell: 2024' ->" in out
+
+
+# ---- lora.py ----------------------------------------------------------------------------------
+def test_lora_next_to_full_fine_tuning(tmp_path, capsys):
+    result = load_example("lora").main(
+        ["--pretrain-steps", "8", "--sentences", "160", "--epochs", "2", "--vocab-size", "300",
+         "--n-layer", "1", "--d-model", "32", "--seq-len", "32", "--lora-learning-rate", "3e-2",
+         "--quiet", "--output-dir", str(tmp_path / "lora")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    full, lora = result["full"], result["LoRA"]
+    assert full["trainable"] == full["total"]
+    d, r = 32, 8  # c_attn (d -> 3d), attention's c_proj (d -> d), the MLP's c_proj (4d -> d)
+    assert lora["trainable"] == r * ((d + 3 * d) + (d + d) + (4 * d + d))
+    assert lora["total"] == full["total"] + lora["trainable"]  # the adapters come on top
+    assert full["loss_after"] < full["loss_before"] - 1.0
+    assert lora["loss_after"] < lora["loss_before"]
+    assert lora["saved_kib"] < full["saved_kib"] / 3
+    assert (tmp_path / "lora" / "LoRA" / "adapter" / "adapter_config.json").is_file()
+    assert "trainable parameters" in out and "LoRA r=8" in out
