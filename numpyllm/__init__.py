@@ -1,7 +1,7 @@
 """numpyllm: the maths inside a large language model, written out in NumPy.
 
 Every forward and every backward pass is written by hand (``numpyllm.functional``),
-wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT and T5
+wrapped in layers (``numpyllm.nn``), assembled into GPT, BERT, T5 and Llama
 (``numpyllm.models``) and trained with hand-written optimizers (``numpyllm.optim``).
 """
 
@@ -15,6 +15,8 @@ from numpyllm.models import (
     T5,
     BertConfig,
     GPTConfig,
+    Llama,
+    LlamaConfig,
     ModelOutput,
     SimpleNN,
     T5Config,
@@ -37,6 +39,8 @@ __all__ = [
     "GPTConfig",
     "InsufficientMemoryError",
     "MemoryReport",
+    "Llama",
+    "LlamaConfig",
     "ModelOutput",
     "SimpleNN",
     "T5Config",

@@ -60,6 +60,7 @@ OWN_FORMAT: dict[str, tuple[str, str, str | None]] = {
     "gpt": ("numpyllm.models.gpt", "GPT", "GPTConfig"),
     "bert": ("numpyllm.models.bert", "BERT", "BertConfig"),
     "t5": ("numpyllm.models.t5", "T5", "T5Config"),
+    "llama": ("numpyllm.models.llama", "Llama", "LlamaConfig"),
     "simple_nn": ("numpyllm.models.simple_nn", "SimpleNN", None),
 }
 #: Constructor arguments of the models that have no config dataclass, read off a model.

@@ -7,6 +7,7 @@ A checkpoint is a folder with ``config.json`` and ``model.safetensors`` (what tr
     GPT-2  GPT2LMHeadModel, GPT2Model                                  <-> numpyllm GPT
     BERT   BertForMaskedLM, BertForSequenceClassification, BertModel   <-> numpyllm BERT
     T5     T5ForConditionalGeneration                                  <-> numpyllm T5
+    Llama  LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM      <-> numpyllm Llama
 
     model = load_gpt2("gpt2-folder")           # numpyllm GPT, eval mode, float32
     save_gpt2(model, "out")                    # GPT2LMHeadModel.from_pretrained("out") loads it
@@ -20,16 +21,19 @@ straight into its parameter.
 from numpyllm.hf.bert import load_bert, save_bert
 from numpyllm.hf.common import CheckpointNotFoundError, read_config, read_tensors
 from numpyllm.hf.gpt2 import load_gpt2, save_gpt2
+from numpyllm.hf.llama import load_llama, save_llama
 from numpyllm.hf.t5 import load_t5, save_t5
 
 __all__ = [
     "CheckpointNotFoundError",
     "load_bert",
     "load_gpt2",
+    "load_llama",
     "load_t5",
     "read_config",
     "read_tensors",
     "save_bert",
     "save_gpt2",
+    "save_llama",
     "save_t5",
 ]

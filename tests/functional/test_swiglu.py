@@ -29,13 +29,13 @@ def test_swiglu_backward_matches_finite_differences(gate, seed):
     up = random_array(gate.shape, seed, scale=2.0)
     errors = gradcheck(swiglu_forward, swiglu_backward, {"gate": gate, "up": up},
                        dout=random_dout(gate.shape, seed))  # fmt: skip
-    assert max(errors.values()) < 1e-8, errors
+    assert max(errors.values()) < 1e-7, errors
 
 
 @given(g=normal_arrays(shapes_ending_in(sides(1, 6)), scale=4.0), seed=seeds())
 def test_silu_backward_matches_finite_differences(g, seed):
     errors = gradcheck(silu_forward, silu_backward, {"g": g}, dout=random_dout(g.shape, seed))
-    assert errors["g"] < 1e-8, errors
+    assert errors["g"] < 1e-7, errors
 
 
 @given(gate=float_arrays(shapes_ending_in(sides(1, 5)), dtype=dtypes(), scale=60.0), seed=seeds())
