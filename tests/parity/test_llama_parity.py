@@ -27,9 +27,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from numpyllm.generation import generate_decoder_only
 from numpyllm.hf import llama as hf_llama
-from numpyllm.hf import load_llama, save_llama
+from numpyllm.hf import load_llama
 from numpyllm.models.llama import Llama, LlamaConfig
 from tests.parity.conftest import (
     FLOAT32,
