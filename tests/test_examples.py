@@ -314,3 +314,18 @@ def test_lora_next_to_full_fine_tuning(tmp_path, capsys):
     assert lora["saved_kib"] < full["saved_kib"] / 3
     assert (tmp_path / "lora" / "LoRA" / "adapter" / "adapter_config.json").is_file()
     assert "trainable parameters" in out and "LoRA r=8" in out
+
+
+# ---- llama.py ---------------------------------------------------------------------------------
+def test_llama(capsys):
+    result = load_example("llama").main(
+        ["--steps", "20", "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--d-model",
+         "32", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2", "--quiet"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert result["rope_score_change"] < 1e-12  # the score depends on m - n only
+    ratio = result["llama_parameters"] / result["gpt_parameters"]
+    assert 0.85 < ratio < 1.15  # about the same size
+    ln_v = math.log(result["vocab_size"])
+    assert result["gpt_eval_loss"] < ln_v - 0.5 and result["llama_eval_loss"] < ln_v - 0.5
+    assert "held-out loss" in out and "largest change of the RoPE score" in out
