@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 
@@ -61,7 +62,12 @@ from numpyllm.functional.rope import rope_backward, rope_forward, rope_tables
 from numpyllm.functional.swiglu import swiglu_backward, swiglu_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import backward_in_parts, forward_in_parts, split_parts
+from numpyllm.models.split import (
+    SplitModel,
+    backward_in_parts,
+    forward_in_parts,
+    split_parts,
+)
 from numpyllm.nn.blas import limit_small_passes
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
@@ -137,7 +143,8 @@ class LlamaConfig:
     @property
     def groups(self) -> int:
         """Query heads per key/value head, G = H / H_kv."""
-        return self.n_head // self.n_kv_head
+        n_kv_head: int = self.n_kv_head  # type: ignore[assignment]  # set by __post_init__
+        return self.n_head // n_kv_head
 
 
 @lru_cache(maxsize=8)
@@ -154,12 +161,13 @@ class LlamaAttention(Module):
     def __init__(self, config: LlamaConfig, rng: np.random.Generator) -> None:
         super().__init__()
         d, dh, std, bias = config.d_model, config.head_dim, config.init_std, config.attention_bias
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, dh
+        n_kv_head: int = config.n_kv_head  # type: ignore[assignment]  # set by __post_init__
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, n_kv_head, dh
         self.q_proj = Linear(d, config.n_head * dh, bias=bias, rng=rng, std=std)
-        self.k_proj = Linear(d, config.n_kv_head * dh, bias=bias, rng=rng, std=std)
-        self.v_proj = Linear(d, config.n_kv_head * dh, bias=bias, rng=rng, std=std)
+        self.k_proj = Linear(d, n_kv_head * dh, bias=bias, rng=rng, std=std)
+        self.v_proj = Linear(d, n_kv_head * dh, bias=bias, rng=rng, std=std)
         self.o_proj = Linear(config.n_head * dh, d, bias=False, rng=rng, std=std)
-        self._cache = None
+        self._cache: tuple[tuple, np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
 
     def forward(
         self,
@@ -189,6 +197,7 @@ class LlamaAttention(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d): the three projections' input gradients added."""
+        assert self._cache is not None, "LlamaAttention.backward needs a forward first"
         (attn_cache, heads, rope), self._cache = self._cache, None
         B, T, _ = dout.shape
         dmerged = self.o_proj.backward(dout)  # (B, T, H dh)
@@ -213,11 +222,12 @@ class LlamaMLP(Module):
 
     def __init__(self, config: LlamaConfig, rng: np.random.Generator) -> None:
         super().__init__()
-        d, f, std = config.d_model, config.d_ff, config.init_std
+        d, std = config.d_model, config.init_std
+        f: int = config.d_ff  # type: ignore[assignment]  # set by __post_init__
         self.gate_proj = Linear(d, f, bias=False, rng=rng, std=std)
         self.up_proj = Linear(d, f, bias=False, rng=rng, std=std)
         self.down_proj = Linear(f, d, bias=False, rng=rng, std=std)
-        self._cache = None
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x (B, T, d) -> (B, T, d)."""
@@ -225,6 +235,7 @@ class LlamaMLP(Module):
         return self.down_proj(hidden)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        assert self._cache is not None, "LlamaMLP.backward needs a forward first"
         dgate, dup = swiglu_backward(self.down_proj.backward(dout), self._cache)
         self._cache = None
         dx = self.gate_proj.backward(dgate)
@@ -245,7 +256,7 @@ class LlamaDecoderLayer(Module):
         self.self_attn = LlamaAttention(config, rng)
         self.post_attention_layernorm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.mlp = LlamaMLP(config, rng)
-        self._saved = None  # (x, rope, mask) when the forward recomputes
+        self._saved: tuple | None = None  # (x, rope, mask) when the forward recomputes
 
     def forward(
         self,
@@ -299,7 +310,7 @@ class LlamaModel(Module):
         self.norm = RMSNorm(config.d_model, config.rms_norm_eps)
 
 
-class Llama(Module):
+class Llama(SplitModel):
     """Llama causal language model (see the module docstring for the maths).
 
     ``num_threads``: a training batch of B >= 2 rows is split in min(num_threads, B) parts
@@ -314,7 +325,8 @@ class Llama(Module):
     see ``numpyllm.nn.blas``), an int, or None.
     """
 
-    num_threads: int | str = "auto"
+    config: LlamaConfig
+    num_threads: int | Literal["auto"] = "auto"
     recompute_activations: bool = False
     blas_threads: int | None | str = "auto"
 
@@ -332,7 +344,7 @@ class Llama(Module):
                                   std=config.init_std)  # fmt: skip
         self._state: dict | None = None
         self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[Llama] = []  # one per extra thread, made on first use
+        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
 
     def rope(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(cos, sin) (length, dh) of positions offset .. offset + length - 1, model's dtype."""

@@ -66,7 +66,8 @@ class LlamaDecoder:
         self.model = model
         self.max_len = max_len
         self.length = 0  # tokens seen so far: the next step's first position
-        shape = (batch, config.n_kv_head, max_len, config.head_dim)  # (B, H_kv, max_len, dh)
+        n_kv_head: int = config.n_kv_head  # type: ignore[assignment]  # set by __post_init__
+        shape = (batch, n_kv_head, max_len, config.head_dim)  # (B, H_kv, max_len, dh)
         self.keys = [np.zeros(shape, model.dtype) for _ in range(config.n_layer)]
         self.values = [np.zeros(shape, model.dtype) for _ in range(config.n_layer)]
         self._thread_limits: list[contextlib.AbstractContextManager] = []
@@ -83,7 +84,7 @@ class LlamaDecoder:
     def _blas_threads(self) -> int | None:
         setting = self.model.blas_threads
         if setting != "auto":
-            return setting
+            return None if setting is None else int(setting)
         largest = max(p.data.size for p in self.model.parameters())
         return None if largest >= LARGE_WEIGHT else 1
 
@@ -94,7 +95,7 @@ class LlamaDecoder:
     @property
     def cache_bytes(self) -> int:
         """Memory of the key-value buffers: 2 L B H_kv max_len dh numbers."""
-        return sum(a.nbytes for a in (*self.keys, *self.values))
+        return sum(int(a.nbytes) for a in [*self.keys, *self.values])
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed ids (B, T) at positions ``length`` .. ``length`` + T - 1; return the logits
