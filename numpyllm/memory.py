@@ -561,12 +561,50 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
     return layers
 
 
+def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[LayerMemory]:
+    """Llama, with u = B T d s and G = H / H_kv. Kept by a layer for its backward
+    (``models/llama.py``): the two norms' inputs (2u) and outputs (2u, the projections'
+    shared input), the rotated q (u) and k (u / G), v (u / G), the attention output and the
+    merged heads (2u), the row log-sum-exp, and the SwiGLU's gate, up, sigmoid and product
+    (four (B, T, d_ff) arrays): (8 + 2/G) u + 4 B T d_ff s. With recomputation only the
+    layer's input (u) is kept and one layer's caches are rebuilt at a time.
+
+    Temporaries: the backward's input gradients (about 6u), attention's two score-sized
+    arrays per thread (H T T per row: the G heads of a group are stacked rows), the MLP's
+    three (B, T, d_ff) gradients. Head: the final norm's input and output (2u) and
+    cross-entropy's exp(logits) (B T V s) kept; the logits, the head's gradient and dx
+    temporary."""
+    cfg = model.config
+    s = model.model.embed_tokens.weight.data.itemsize
+    d, H, V, f, G = cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.d_ff, cfg.groups
+    u = B * T * d * s
+    rows = math.ceil(B / threads)
+    scores = 2 * _attention_scores(rows, H, T, T) * s * threads
+    cached = (8 + 2 / G) * u + 4 * B * T * f * s + B * T * H * s * 2
+    kept = u if recompute else cached
+    layers = [_row("embeddings", _module_params(model.model.embed_tokens), u, 2 * u, 0.0)]
+    for i, layer in enumerate(model.model.layers):
+        params = _module_params(layer)
+        weights = sum(p.data.size for p in layer.parameters())
+        flops = (4 if recompute else 3) * (2 * weights + 4 * T * d)
+        temps = 6 * u + max(scores, 3 * B * T * f * s * threads) + (threads - 1) * params
+        temps += cached if recompute else 0
+        layers.append(_row(f"layer {i}", params, kept, temps, flops))
+    head = _module_params(model.model.norm, model.lm_head)
+    layers.append(
+        _row("head + loss", head, 2 * u + B * T * V * s, B * T * V * s + V * d * s + 2 * u,
+             6 * V * d)
+    )  # fmt: skip
+    return layers
+
+
 #: Memory plans by model class name. A new model adds ``PLANS["Llama"] = _llama_plan``: a
 #: function (model, batch_size, seq_len, recompute, threads) -> list[LayerMemory].
 PLANS: dict[str, Callable[..., list[LayerMemory]]] = {
     "GPT": _gpt_plan,
     "BERT": _bert_plan,
     "T5": _t5_plan,
+    "Llama": _llama_plan,
 }
 
 
@@ -588,7 +626,8 @@ def generation_bytes(model: Any, batch_size: int, prompt_len: int, total_len: in
     cfg = model.config
     s = 4
     cached = min(total_len, cfg.max_seq_len)
-    kv = 2 * cfg.n_layer * batch_size * cached * cfg.d_model * s
+    kv_width = getattr(cfg, "n_kv_head", cfg.n_head) * cfg.d_model // cfg.n_head  # GQA: fewer
+    kv = 2 * cfg.n_layer * batch_size * cached * kv_width * s
     prompt = 12 * batch_size * min(prompt_len, cached) * cfg.d_model * s
     return int(kv + prompt + batch_size * cfg.vocab_size * s + 8 * batch_size * total_len)
 

@@ -23,6 +23,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "medium": {"n_layer": 6, "n_head": 6, "d_model": 384, "seq_len": 256},
 }
 
+#: The decoder-only models ``numpyllm train --model`` builds.
+MODELS = ("gpt", "llama")
+
 MIN_BPE_VOCAB = 259  # 256 bytes + the 3 default special tokens
 
 #: TrainingArguments fields set by flags of the same name (dashes for underscores).
@@ -183,7 +186,14 @@ def add_model_args(parser: argparse.ArgumentParser, preset: str, dropout: float)
         f"context {p['seq_len']}"
         for name, p in PRESETS.items()
     )
-    group = parser.add_argument_group("model (a GPT)")
+    group = parser.add_argument_group("model (a GPT or a Llama)")
+    group.add_argument(
+        "--model",
+        choices=MODELS,
+        default="gpt",
+        help="gpt: GPT-2 (learned positions, LayerNorm, GELU); llama: Llama (rotary "
+        "positions, RMSNorm, SwiGLU, grouped-query attention, no dropout)",
+    )
     group.add_argument(
         "--preset",
         choices=list(PRESETS),
@@ -195,6 +205,7 @@ def add_model_args(parser: argparse.ArgumentParser, preset: str, dropout: float)
         ("--n-head", "attention heads (must divide --d-model)"),
         ("--d-model", "width of the residual stream"),
         ("--seq-len", "context length, also the length of a training row"),
+        ("--n-kv-head", "Llama's key/value heads, dividing --n-head (default: half of them)"),
     ):
         group.add_argument(
             flag, type=positive_int, metavar="N", help=f"{what} (default: from --preset)"
@@ -454,22 +465,41 @@ def training_arguments(
 
 def _flag_names(message: str) -> str:
     """Speak of --max-steps rather than max_steps in messages about flags."""
-    for name in (*TRAINING_FIELDS, "n_layer", "n_head", "d_model", "max_seq_len", "dropout"):
+    for name in (*TRAINING_FIELDS, "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len",
+                 "dropout"):  # fmt: skip
         flag = "--seq-len" if name == "max_seq_len" else "--" + name.replace("_", "-")
-        message = message.replace(f"GPTConfig.{name}", flag).replace(f"{name} ", f"{flag} ")
+        for config in ("GPTConfig", "LlamaConfig"):
+            message = message.replace(f"{config}.{name}", flag)
+        message = message.replace(f"{name} ", f"{flag} ")
         message = message.replace(f"({name})", f"({flag})")
     return message
 
 
 def model_config(args: argparse.Namespace, vocab_size: int) -> Any:
-    """GPTConfig from --preset and its overrides; a value it refuses is a usage error."""
+    """GPTConfig or LlamaConfig (--model) from --preset and its overrides; a value it
+    refuses is a usage error."""
     from numpyllm.models.gpt import GPTConfig
+    from numpyllm.models.llama import LlamaConfig
 
     sizes = dict(PRESETS[args.preset])
     for name in sizes:
         if getattr(args, name) is not None:
             sizes[name] = getattr(args, name)
+    if args.model != "llama" and args.n_kv_head is not None:
+        raise UsageError("--n-kv-head is a Llama setting: pass --model llama too")
     try:
+        if args.model == "llama":
+            n_kv_head = args.n_kv_head
+            if n_kv_head is None:  # grouped-query attention, two query heads a key/value head
+                n_kv_head = sizes["n_head"] // 2 if sizes["n_head"] % 2 == 0 else sizes["n_head"]
+            return LlamaConfig(
+                vocab_size=vocab_size,
+                n_layer=sizes["n_layer"],
+                n_head=sizes["n_head"],
+                d_model=sizes["d_model"],
+                max_seq_len=sizes["seq_len"],
+                n_kv_head=n_kv_head,
+            )
         return GPTConfig(
             vocab_size=vocab_size,
             n_layer=sizes["n_layer"],
@@ -483,7 +513,12 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> Any:
 
 
 def with_dropout(model: Any, dropout: float) -> Any:
-    """The same model (same weights) with another dropout probability."""
+    """The same model (same weights) with another dropout probability (a model without
+    dropout, Llama, refuses any other than 0)."""
+    if not hasattr(model.config, "dropout"):
+        if dropout:
+            raise UsageError(f"{type(model).__name__} has no dropout: --dropout must be 0")
+        return model
     if dropout == model.config.dropout:
         return model
     config = dataclasses.replace(model.config, dropout=dropout)
@@ -536,7 +571,8 @@ def token_dataset(text: str, tokenizer: Any, args: argparse.Namespace) -> Any:
 
 
 #: what each kind of model a command may take is called in its messages
-MODEL_KINDS = {"GPT": "a GPT (GPT-2 family)", "BERT": "a BERT", "T5": "a T5"}
+MODEL_KINDS = {"GPT": "a GPT (GPT-2 family)", "Llama": "a Llama (Llama, Mistral, Qwen2)",
+               "BERT": "a BERT", "T5": "a T5"}  # fmt: skip
 
 
 def resolve_model_folder(spec: str) -> Path:
@@ -562,7 +598,7 @@ def add_adapter_arg(parser: argparse.ArgumentParser) -> None:
 def load_for_inference(
     checkpoint: str,
     tokenizer_path: str | None = None,
-    kinds: tuple[str, ...] = ("GPT",),
+    kinds: tuple[str, ...] = ("GPT", "Llama"),
     adapter: str | None = None,
 ) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) from a folder or a model name (``resolve_model_folder``);
