@@ -2,7 +2,7 @@
 
 A checkpoint folder (``checkpoint-<step>/`` of a training run) holds::
 
-    config.json              transformers' config for the model type (gpt2, bert, t5)
+    config.json              transformers' config for the model type (gpt2, bert, t5, llama)
     generation_config.json   the special-token ids generation uses
     model.safetensors        the weights under transformers' names and layouts
     tokenizer.json           the tokenizer, with tokenizer_config.json and
@@ -60,7 +60,6 @@ OWN_FORMAT: dict[str, tuple[str, str, str | None]] = {
     "gpt": ("numpyllm.models.gpt", "GPT", "GPTConfig"),
     "bert": ("numpyllm.models.bert", "BERT", "BertConfig"),
     "t5": ("numpyllm.models.t5", "T5", "T5Config"),
-    "llama": ("numpyllm.models.llama", "Llama", "LlamaConfig"),
     "simple_nn": ("numpyllm.models.simple_nn", "SimpleNN", None),
 }
 #: Constructor arguments of the models that have no config dataclass, read off a model.

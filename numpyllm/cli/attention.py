@@ -52,7 +52,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tokenizer, folder = common.load_for_inference(args.checkpoint, args.tokenizer)
+    model, tokenizer, folder = common.load_for_inference(
+        args.checkpoint, args.tokenizer, kinds=("GPT",)
+    )
     config = model.config
     if args.layer >= config.n_layer:
         raise common.UsageError(

@@ -13,7 +13,7 @@ EXIT_WORDS = ("exit", "quit")
 USER, BOT = "You:", "Chatbot:"
 
 DESCRIPTION = """\
-Talk with a saved GPT. Each line you type is added to a short transcript of the
+Talk with a saved GPT or Llama. Each line you type is added to a short transcript of the
 conversation ("You: ... / Chatbot: ..."), the model continues the transcript, and its
 continuation up to the end of the line is the reply. The last --history-turns
 exchanges are kept as context, oldest dropped first so that the transcript and the
@@ -22,8 +22,8 @@ reply fit in the model's context.
 A small model trained on a few hundred thousand characters has never seen a
 conversation: expect replies in the style of its training text, not answers.
 
-CHECKPOINT may also be any GPT-2 folder transformers wrote, or a model name found in
-the local Hugging Face cache (numpyllm chat gpt2).
+CHECKPOINT may also be any GPT-2 or Llama (Mistral, Qwen2) folder transformers wrote, or
+a model name found in the local Hugging Face cache (numpyllm chat gpt2).
 
 Type exit or quit (any case), or end the input (Ctrl-D), to leave. Input may be
 piped:  printf 'hello\\nquit\\n' | numpyllm chat runs/gpt

@@ -9,15 +9,16 @@ from typing import Any
 from numpyllm.cli import common
 
 DESCRIPTION = """\
-Score a saved GPT on text: the mean cross-entropy of each next token (nats per
+Score a saved GPT or Llama on text: the mean cross-entropy of each next token (nats per
 token) and its exponential, the perplexity. Every token of the chosen split after
 the first is predicted once, from up to --seq-len tokens before it.
 
 A BERT is scored as a masked language model: in each window 15% of the tokens are
 hidden as BERT was trained (80% [MASK], 10% a random token, 10% unchanged; the same
 draw every run) and the loss is that of predicting them from both sides.
-CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2 or BERT folder transformers
-wrote, or a model name found in the local Hugging Face cache (gpt2, bert-base-uncased).
+CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2, Llama (Mistral, Qwen2) or BERT
+folder transformers wrote, or a model name found in the local Hugging Face cache (gpt2,
+bert-base-uncased).
 
 Without --data the text is the built-in corpus and the split its validation part
 (the last 10%, which `numpyllm train` held out); with --data the whole file is
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from numpyllm.data import TokenDataset
 
     model, tokenizer, folder = common.load_for_inference(
-        args.checkpoint, args.tokenizer, kinds=("GPT", "BERT"), adapter=args.adapter
+        args.checkpoint, args.tokenizer, kinds=("GPT", "Llama", "BERT"), adapter=args.adapter
     )
     text, source = common.load_text(args.data)
     split = args.split or ("val" if args.data is None else "all")

@@ -25,9 +25,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 DESCRIPTION = """\
-Fine-tune: start from a saved GPT and its tokenizer and keep training on new text,
+Fine-tune: start from a saved GPT (or Llama) and its tokenizer and keep training on new text,
 so the model picks up that text's words and style while keeping what it learnt
-before. The GPT may be one numpyllm trained or any GPT-2 folder transformers wrote
+before. The GPT may be one numpyllm trained or any GPT-2 or Llama folder transformers wrote
 (gpt2, distilgpt2, ... from the Hugging Face cache by name). The new text is
 encoded with the checkpoint's own tokenizer (the vocabulary cannot change), and its
 last --val-fraction is held out: the validation loss on it is printed before and

@@ -8,10 +8,10 @@ from typing import Any
 from numpyllm.cli import common
 
 DESCRIPTION = """\
-Continue a prompt with a saved GPT, one token at a time (with a key-value cache), or
+Continue a prompt with a saved GPT or Llama, one token at a time (with a key-value cache), or
 answer it with a T5 (text to text: the prompt is the encoder's input, e.g.
 "translate English to German: The house is small.", and only the answer is printed).
-CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2 / T5 folder transformers
+CHECKPOINT may be a numpyllm run or checkpoint, any GPT-2 / Llama / T5 folder transformers
 wrote, or a model name found in the local Hugging Face cache (gpt2, t5-small, ...).
 Each step turns the model's scores for the next token into a choice: --greedy takes
 the most likely token; sampling (the default) draws one at random after dividing
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             "--greedy gives the same text every time; use --num-samples 1 or sample"
         )
     model, tokenizer, folder = common.load_for_inference(
-        args.checkpoint, args.tokenizer, kinds=("GPT", "T5"), adapter=args.adapter
+        args.checkpoint, args.tokenizer, kinds=("GPT", "Llama", "T5"), adapter=args.adapter
     )
     common.info(f"[{folder}: {model.num_parameters():,} parameters]")
     text_to_text = type(model).__name__ == "T5"

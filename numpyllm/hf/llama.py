@@ -40,8 +40,11 @@ import numpy as np
 
 from numpyllm.hf import common
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                 "qwen2": "Qwen2ForCausalLM"}  # fmt: skip
+MODEL_TYPE = "llama"
+#: model_type -> the transformers class whose folders are read (and written, for these types)
+CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+           "qwen2": "Qwen2ForCausalLM"}  # fmt: skip
+ARCHITECTURES = tuple(CLASSES.values())
 TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)  # old files saved it
 LOADER = "load_llama"
@@ -73,12 +76,12 @@ def config_from_hf(hf: dict[str, Any]):
     from numpyllm.models.llama import LlamaConfig
 
     model_type = hf.get("model_type", "llama")
-    if model_type not in ARCHITECTURES:
+    if model_type not in CLASSES:
         raise ValueError(
-            f"{LOADER} reads model_type {', '.join(map(repr, ARCHITECTURES))} checkpoints, but "
+            f"{LOADER} reads model_type {', '.join(map(repr, CLASSES))} checkpoints, but "
             f"config.json says model_type {model_type!r}"
         )
-    common.check_architectures(hf, [ARCHITECTURES[model_type]], LOADER)
+    common.check_architectures(hf, [CLASSES[model_type]], LOADER)
     common.reject_unsupported(hf, UNSUPPORTED, LOADER)
     if model_type == "llama" and hf.get("attention_bias", False):
         raise ValueError(
@@ -124,7 +127,7 @@ def config_to_hf(config, dtype: str = "float32") -> dict[str, Any]:
                              "sliding window")  # fmt: skip
         model_type = "mistral"
     hf = {
-        "architectures": [ARCHITECTURES[model_type]],
+        "architectures": [CLASSES[model_type]],
         "model_type": model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
@@ -155,46 +158,51 @@ def config_to_hf(config, dtype: str = "float32") -> dict[str, Any]:
     return hf
 
 
+def model_class() -> Any:
+    from numpyllm.models.llama import Llama
+
+    return Llama
+
+
 def tensor_map(config) -> list[common.TensorMap]:
-    """One entry per numpyllm Llama parameter (see the module docstring's table)."""
-    entries = [common.TensorMap("model.embed_tokens.weight", "model.embed_tokens.weight")]
+    """One entry per numpyllm Llama parameter (see the module docstring's table), with its
+    shape in numpyllm's layout."""
+    d, f, V = config.d_model, config.d_ff, config.vocab_size
+    q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    entries = [common.TensorMap("model.embed_tokens.weight", "model.embed_tokens.weight",
+                                shape=(V, d))]  # fmt: skip
     for i in range(config.n_layer):
         layer = f"model.layers.{i}."
-        names = [("input_layernorm.weight", False)]
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            names.append((f"self_attn.{proj}.weight", True))
+        named: list[tuple[str, bool, tuple[int, ...]]] = [("input_layernorm.weight", False, (d,))]
+        for proj, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            named.append((f"self_attn.{proj}.weight", True, (d, width)))
             if config.attention_bias:
-                names.append((f"self_attn.{proj}.bias", False))
-        names += [("self_attn.o_proj.weight", True), ("post_attention_layernorm.weight", False)]
-        names += [(f"mlp.{proj}.weight", True) for proj in ("gate_proj", "up_proj", "down_proj")]
-        entries += [common.TensorMap(layer + n, layer + n, transpose=t) for n, t in names]
-    entries.append(common.TensorMap("model.norm.weight", "model.norm.weight"))
+                named.append((f"self_attn.{proj}.bias", False, (width,)))
+        named += [("self_attn.o_proj.weight", True, (q, d)),
+                  ("post_attention_layernorm.weight", False, (d,)),
+                  ("mlp.gate_proj.weight", True, (d, f)), ("mlp.up_proj.weight", True, (d, f)),
+                  ("mlp.down_proj.weight", True, (f, d))]  # fmt: skip
+        entries += [common.TensorMap(layer + n, layer + n, transpose=t, shape=shape)
+                    for n, t, shape in named]  # fmt: skip
+    entries.append(common.TensorMap("model.norm.weight", "model.norm.weight", shape=(d,)))
     if not config.tie_word_embeddings:
-        entries.append(common.TensorMap("lm_head.weight", "lm_head.weight", transpose=True))
+        entries.append(common.TensorMap("lm_head.weight", "lm_head.weight", transpose=True,
+                                        shape=(d, V)))  # fmt: skip
     return entries
 
 
-def from_state(hf_config: dict[str, Any], tensors: dict[str, np.ndarray], dtype=np.float32):
-    """A Llama from a config dict and transformers-named tensors (e.g. a torch state_dict
-    converted to NumPy); the in-memory half of ``load_llama``."""
-    from numpyllm.models.llama import Llama
-
+def from_state(hf_config: dict[str, Any], tensors: dict[str, Any], dtype=np.float32):
+    """A Llama from a config dict and transformers-named tensors: arrays (e.g. a torch
+    state_dict converted to NumPy) or the lazy references ``common.tensor_refs`` reads."""
     dtype = common.float_dtype(dtype)
     config = config_from_hf(hf_config)
-    model = Llama(config)
-    if dtype != model.dtype:
-        model.astype(dtype)
-    state, _ = common.collect_state(
-        tensors,
-        tensor_map(config),
-        common.model_shapes(model),
-        dtype,
-        tied=TIED if config.tie_word_embeddings else None,
-        ignore=IGNORED,
-        where=f"{ARCHITECTURES[hf_config.get('model_type', 'llama')]} checkpoint",
-    )
-    common.load_into(model, state)
-    return model.eval()
+    entries = tensor_map(config)
+    refs = common.as_refs(tensors)
+    tied = TIED if config.tie_word_embeddings else None
+    where = f"{CLASSES[hf_config.get('model_type', 'llama')]} checkpoint"
+    plan, _ = common.collect_state(refs, entries, tied=tied, ignore=IGNORED, where=where)
+    copies = common.tied_copies(refs, tied, entries)
+    return common.build_and_fill(lambda: model_class()(config), entries, plan, dtype, where, copies)
 
 
 def load_llama(path: str | os.PathLike, dtype=np.float32):
@@ -202,7 +210,7 @@ def load_llama(path: str | os.PathLike, dtype=np.float32):
     model.safetensors, or shards listed in model.safetensors.index.json) as a numpyllm
     Llama, in eval mode, with parameters of ``dtype`` (float32 or float64)."""
     dtype = common.float_dtype(dtype)  # before any file is read
-    return from_state(common.read_config(path), common.read_tensors(path), dtype)
+    return from_state(common.read_config(path), common.tensor_refs(path), dtype)
 
 
 def to_state(model) -> dict[str, np.ndarray]:
@@ -210,13 +218,16 @@ def to_state(model) -> dict[str, np.ndarray]:
     return common.build_checkpoint(model, tensor_map(model.config))
 
 
-def save_llama(model, path: str | os.PathLike) -> None:
+def save_llama(model, path: str | os.PathLike, token_ids: dict[str, int] | None = None) -> None:
     """Write ``model`` as a folder that transformers' LlamaForCausalLM (Qwen2ForCausalLM
-    with attention_bias, MistralForCausalLM with a sliding_window) loads."""
-    from numpyllm.models.llama import Llama
-
-    if not isinstance(model, Llama):
+    with attention_bias, MistralForCausalLM with a sliding_window) loads; ``token_ids``
+    (bos_token_id, eos_token_id, pad_token_id) come from its tokenizer."""
+    if not isinstance(model, model_class()):
         raise TypeError(f"save_llama expects a numpyllm Llama, got {type(model).__name__}")
-    common.write_checkpoint(
-        path, config_to_hf(model.config, common.dtype_name(model)), to_state(model)
-    )
+    config = config_to_hf(model.config, common.dtype_name(model))
+    common.add_token_ids(config, token_ids)
+    common.write_checkpoint(path, config, to_state(model))
+
+
+load = load_llama
+save = save_llama

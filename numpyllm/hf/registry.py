@@ -1,6 +1,6 @@
 """Which numpyllm model reads and writes which Hugging Face model type: the one registry.
 
-Every format module (``numpyllm.hf.gpt2``, ``bert``, ``t5``) offers the same few names:
+Every format module (``numpyllm.hf.gpt2``, ``bert``, ``t5``, ``llama``) offers the same few names:
 
     MODEL_TYPE        config.json's model_type it writes ("gpt2")
     ARCHITECTURES     the transformers classes whose folders it reads
@@ -26,6 +26,9 @@ FORMATS: dict[str, str] = {
     "gpt2": "numpyllm.hf.gpt2",
     "bert": "numpyllm.hf.bert",
     "t5": "numpyllm.hf.t5",
+    "llama": "numpyllm.hf.llama",
+    "mistral": "numpyllm.hf.llama",  # read as Llama (a sliding window bounds the context)
+    "qwen2": "numpyllm.hf.llama",  # read as Llama with q/k/v biases
 }
 
 

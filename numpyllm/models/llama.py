@@ -539,8 +539,11 @@ class Llama(SplitModel):
         self._state = None
         embed = self.model.embed_tokens.weight
         if self.lm_head is None:
-            dx, dembed_t, _ = linear_backward(dlogits, state["head_cache"])  # (B,T,d), (d,V)
-            embed.grad += dembed_t.T
+            dx, dembed_t, _ = linear_backward(
+                dlogits, state["head_cache"], need_weight=embed.requires_grad
+            )  # (B, T, d), (d, V)
+            if dembed_t is not None:  # (a frozen embedding gets no gradient product)
+                embed.grad += dembed_t.T
         else:
             dx = self.lm_head.backward(dlogits)  # (B, T, V) -> (B, T, d)
         del dlogits, state

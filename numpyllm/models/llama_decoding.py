@@ -112,7 +112,7 @@ class LlamaDecoder:
         last = _norm(model.model.norm, x[:, -1])  # (B, d): only the next token's position
         if model.lm_head is None:
             return last @ model.model.embed_tokens.weight.data.T  # (B, d) @ (d, V), tied
-        return _affine(model.lm_head, last)  # (B, V)
+        return model.lm_head.project(last)  # (B, V)
 
     def _layer(
         self, layer: LlamaDecoderLayer, index: int, x: np.ndarray, P: int, rope: tuple
@@ -168,8 +168,6 @@ def _norm(norm: RMSNorm, x: np.ndarray) -> np.ndarray:
 
 
 def _affine(linear: Linear, x: np.ndarray) -> np.ndarray:
-    """x W (+ b) over x's last axis, the leading axes folded so BLAS sees one 2-D product."""
-    y = x.reshape(-1, x.shape[-1]) @ linear.weight.data  # (N, d_in) @ (d_in, d_out)
-    if linear.bias is not None:
-        y += linear.bias.data
-    return y.reshape(*x.shape[:-1], -1)
+    """x W (+ b) over x's last axis through the layer's own method (so a LoRA linear works
+    here too); nothing is kept."""
+    return linear.project(x)
