@@ -131,3 +131,14 @@ def test_adapter_for_another_model_is_refused_and_leaves_the_model_intact(tmp_pa
     (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(ValueError, match="use_dora"):
         nl.peft.PeftModel.from_pretrained(gpt(), folder)
+
+
+@pytest.mark.parametrize("make", [gpt, bert, t5], ids=["gpt", "bert", "t5"])
+def test_adapter_gradients_match_finite_differences(make):
+    kwargs = {"decoder_input_ids": IDS} if make is t5 else {}
+    pm = nl.peft.get_peft_model(make().astype(np.float64), nl.peft.LoraConfig(r=2, lora_alpha=3))
+    for p in pm.trainable_parameters():
+        p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+    errors = nl.gradcheck_model(pm, lambda: pm(IDS, labels=IDS, **kwargs).loss)
+    assert len(errors) == len(pm.trainable_parameters())  # frozen ones are skipped
+    assert max(errors.values()) < 1e-6, errors
