@@ -4,15 +4,19 @@
 2. full fine-tuning: the article's Trainer settings on made-up sentences ("The cat sees a
    blue car at night."), every weight trained, as in examples/fine_tuning.py;
 3. LoRA fine-tuning of the same pretrained model: its weights frozen, rank-8 adapters
-   (lora_alpha 16) on the attention and MLP projections c_attn and c_proj trained instead,
-   with a larger learning rate (the adapters start at zero and are few);
+   (lora_alpha 16) on every projection (c_attn, c_proj, c_fc) trained instead, with a
+   larger learning rate (the adapters start at zero and are few);
 4. the table: held-out loss before and after on the new sentences and on the help pages,
    trainable parameters, training time, peak memory of the training run (NumPy's
    allocations, traced), and the size of what is saved: a whole model, or an adapter folder
    in Hugging Face peft's format.
 
-LoRA learns the new sentences nearly as well with about a tenth of the trainable
-parameters, and forgets less of the help pages, since the pretrained weights never move.
+With the defaults (measured on an AMD EPYC, 2 cores): full fine-tuning takes the new
+sentences' held-out loss from 5.15 to about 0.6 nats per token and the help pages' from 5.1
+to 9.5 (it forgets them); LoRA trains 6% of the parameters, goes part of the way, to about
+3.0, forgets much less, takes less time and memory, and saves a 0.1 MiB adapter instead of a
+2 MiB model. A rank-8 update of a model this small cannot match every weight moving; on a
+task closer to what the model already knows, or a larger model, the gap narrows.
 
     python examples/lora.py [--pretrain-steps 300] [--sentences 1000] [--epochs 3]
 """
@@ -66,7 +70,7 @@ def fine_tune(model: GPT, lora: bool, args: argparse.Namespace, data: TokenDatas
     adapted = None
     if lora:
         config = nl.peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
-                                    target_modules=["c_attn", "c_proj"])  # fmt: skip
+                                    target_modules=["c_attn", "c_proj", "c_fc"])  # fmt: skip
         adapted = nl.peft.get_peft_model(model, config)  # model's weights frozen in place
     trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     training_args = TrainingArguments(

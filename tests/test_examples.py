@@ -306,8 +306,8 @@ def test_lora_next_to_full_fine_tuning(tmp_path, capsys):
     out = capsys.readouterr().out
     full, lora = result["full"], result["LoRA"]
     assert full["trainable"] == full["total"]
-    d, r = 32, 8  # c_attn (d -> 3d), attention's c_proj (d -> d), the MLP's c_proj (4d -> d)
-    assert lora["trainable"] == r * ((d + 3 * d) + (d + d) + (4 * d + d))
+    d, r = 32, 8  # c_attn (d -> 3d), attention's c_proj (d -> d), c_fc (d -> 4d), c_proj (4d -> d)
+    assert lora["trainable"] == r * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
     assert lora["total"] == full["total"] + lora["trainable"]  # the adapters come on top
     assert full["loss_after"] < full["loss_before"] - 1.0
     assert lora["loss_after"] < lora["loss_before"]
