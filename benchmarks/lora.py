@@ -45,6 +45,7 @@ NUMPYLLM_TARGETS = ["c_attn", "c_proj"]
 TORCH_TARGETS = ["c_attn", "attn_proj", "mlp_proj"]  # the same layers in benchmarks.torch_gpt
 LR, WEIGHT_DECAY = 3e-4, 0.1
 SIDES = ["numpyllm full", "numpyllm LoRA", "torch LoRA", "torch full"]
+RECOMPUTE = [False]  # --recompute: numpyllm's activation recomputation (its memory setting)
 
 
 def _numpyllm(cfg: BenchConfig, ids: np.ndarray, threads: int, lora: bool):
@@ -52,6 +53,7 @@ def _numpyllm(cfg: BenchConfig, ids: np.ndarray, threads: int, lora: bool):
 
     model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
     model.num_threads = threads
+    model.recompute_activations = RECOMPUTE[0]
     if lora:
         config = nl.peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=NUMPYLLM_TARGETS)
         model = nl.peft.get_peft_model(model, config)
@@ -126,6 +128,7 @@ def _memory_in_subprocess(side: str, cfg_name: str, threads: int) -> float:
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "benchmarks.lora", "--memory-side", side,
            "--configs", cfg_name, "--threads", str(threads)]  # fmt: skip
+    cmd += ["--recompute"] * RECOMPUTE[0]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory subprocess {cmd} failed:\n{done.stderr}")
@@ -134,7 +137,7 @@ def _memory_in_subprocess(side: str, cfg_name: str, threads: int) -> float:
 
 def run(configs: list[str], threads: int, rounds: int) -> list[dict]:
     limiter = limit_threads(threads)  # noqa: F841
-    sides = SIDES if torch_available() else SIDES[:2]
+    sides = SIDES if torch_available() and not RECOMPUTE[0] else SIDES[:2]
     all_configs = {**CONFIGS, **QUICK_CONFIGS}
     rows = []
     for name in configs:
@@ -166,9 +169,13 @@ def table(rows: list[dict]) -> str:
     ]
     for row in rows:
         full, lora = t(row, "numpyllm full"), t(row, "numpyllm LoRA")
+        row.setdefault("torch LoRA", {"seconds": {"median": float("nan")},
+                                      "memory_mib": float("nan")})  # fmt: skip
         tl, tf = t(row, "torch LoRA"), t(row, "torch full")
+        if not np.isfinite(tl):
+            row.pop("torch LoRA")
         mf, ml, mt = m(row, "numpyllm full"), m(row, "numpyllm LoRA"), m(row, "torch LoRA")
-        spread = max(row[s]["seconds"]["spread"] for s in SIDES if s in row)
+        spread = max(row[s]["seconds"].get("spread", 0.0) for s in SIDES if s in row)
         lines.append(
             f"| {row['config']} | {1e3 * full:.1f} ms | {1e3 * lora:.1f} ms | {lora / full:.2f} | "
             f"{1e3 * tl:.1f} ms | {tl / lora:.2f}x | {1e3 * tf:.1f} ms | {mf:.1f} MiB | "
@@ -184,8 +191,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--recompute", action="store_true",
+                        help="numpyllm with recompute_activations (its memory setting); "
+                        "numpyllm sides only")  # fmt: skip
     parser.add_argument("--memory-side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    RECOMPUTE[0] = args.recompute
     names = [n for n in args.configs.split(",") if n]
     if args.memory_side:
         cfg = {**CONFIGS, **QUICK_CONFIGS}[names[0]]
@@ -194,7 +205,9 @@ def main() -> None:
         return
     rows = run(names, args.threads, args.rounds)
     cpu = cpu_info()
-    print(f"CPU: {cpu.get('model_name', '?')}, {args.threads} threads, {args.rounds} rounds")
+    setting = ", recompute_activations" if args.recompute else ""
+    print(f"CPU: {cpu.get('model_name', '?')}, {args.threads} threads, {args.rounds} rounds"
+          f"{setting}")  # fmt: skip
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=2))

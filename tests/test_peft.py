@@ -142,3 +142,18 @@ def test_adapter_gradients_match_finite_differences(make):
     errors = nl.gradcheck_model(pm, lambda: pm(IDS, labels=IDS, **kwargs).loss)
     assert len(errors) == len(pm.trainable_parameters())  # frozen ones are skipped
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_recomputed_activations_give_the_same_adapter_gradients():
+    grads = []
+    for recompute in (False, True):
+        config = nl.peft.LoraConfig(r=2, target_modules=["c_attn", "c_proj", "c_fc"])
+        pm = nl.peft.get_peft_model(gpt().astype(np.float64), config)
+        for p in pm.trainable_parameters():
+            p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+        pm.recompute_activations = recompute
+        pm(IDS, labels=IDS)
+        pm.backward()
+        grads.append([p.grad.copy() for p in pm.trainable_parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
