@@ -1,5 +1,7 @@
 """python -m benchmarks [--quick] [--threads N] [--only SECTION] [--rounds R]
 
+SECTION: ops, train, generate, memory, load, llama or long.
+
 Prints a Markdown table of numpyllm against PyTorch eager (and transformers' generate) and
 writes the JSON to benchmarks/results/. torch is optional: without it only numpyllm's columns
 are filled.
@@ -15,7 +17,7 @@ import time
 
 import numpy as np
 
-SECTIONS = ("ops", "train", "generate", "memory", "load", "llama")
+SECTIONS = ("ops", "train", "generate", "memory", "load", "llama", "long")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import llama
 
             rows += llama.run(configs, args.threads, rounds, args.quick)
+        elif section == "long":
+            if args.quick:  # minutes per row: never part of the quick run
+                continue
+            from benchmarks import long_context
+
+            rows += long_context.run(args.threads, min(rounds, 3))
         print(
             f"  {section} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True
         )
