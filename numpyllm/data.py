@@ -48,7 +48,8 @@ SPLITS = ("train", "val")
 _CACHE_FORMAT = b"numpyllm-token-cache-v1"  # bump when the encoding scheme changes
 _READ_CHARS = 1 << 20  # text is read, hashed and chunked in pieces of this many characters
 _CHUNK_CHARS = 1 << 15  # characters per chunk handed to the tokenizer
-_CHUNKS_PER_BATCH = 64  # chunks per encode_batch call: bounds the ids held in Python lists
+_CHUNKS_PER_BATCH = 8  # chunks per encode_batch call: ~100 bytes of tokenizer objects a token
+_COPY_BYTES = 1 << 20  # the encoded ids are copied into the .npy file this many bytes at a time
 _PROGRESS_CHARS = 5_000_000  # show a progress bar by default from this many characters
 
 
@@ -98,6 +99,30 @@ def _iter_text(path: Path, files: list[Path]) -> Iterator[str]:
                 if not piece:
                     break
                 yield piece
+
+
+def text_path(path: str | os.PathLike) -> Path:
+    """``path`` checked as a corpus without reading it whole: FileNotFoundError for a
+    missing path, ValueError when its text is empty (read only up to the first non-space)."""
+    path = Path(path)
+    files = _text_files(path)
+    if not any(not piece.isspace() for piece in _iter_text(path, files)):
+        raise ValueError(f"{path} is empty (no text to train on)")
+    return path
+
+
+def iter_text(path: str | os.PathLike) -> Iterator[str]:
+    """The text ``read_text`` returns, in pieces of at most a million characters, read as
+    they are needed: a corpus larger than the memory streams through."""
+    path = Path(path)
+    return _iter_text(path, _text_files(path))
+
+
+def iter_chunks(path: str | os.PathLike) -> Iterator[str]:
+    """The text of ``path`` cut into token-safe chunks (``chunk_text``), read as they are
+    needed: what a tokenizer trains on. The chunks are those of the whole text as one
+    string, so the tokenizer is the same."""
+    return chunk_text(iter_text(path), _CHUNK_CHARS)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -187,7 +212,7 @@ def _encode_to_npy(
                 "shape": (n_ids,),
             }
             np.lib.format.write_array_header_1_0(npy, header)
-            shutil.copyfileobj(raw, npy, length=1 << 22)
+            shutil.copyfileobj(raw, npy, length=_COPY_BYTES)
         os.replace(npy_path, target)
     finally:
         for tmp in (raw_path, npy_path):
@@ -228,11 +253,12 @@ class TokenDataset:
 
     Attributes: ``tokens`` (all ids, memory-mapped), ``train`` and ``val`` (views of
     it), ``vocab_size``, ``cache_path``, ``from_cache`` (True when the ids were
-    loaded rather than encoded).
+    loaded rather than encoded), ``n_chars`` (characters of the text).
     """
 
     cache_path: Path | None  # None for a dataset made from ids
     from_cache: bool
+    n_chars: int | None  # None for a dataset made from ids
 
     def __init__(
         self,
@@ -293,7 +319,7 @@ class TokenDataset:
         if low < 0 or high >= vocab_size:
             raise ValueError(f"ids must be in 0..{vocab_size - 1}, got ids from {low} to {high}")
         dataset = cls.__new__(cls)
-        dataset.cache_path, dataset.from_cache = None, False
+        dataset.cache_path, dataset.from_cache, dataset.n_chars = None, False, None
         dataset._set_tokens(ids, vocab_size, val_fraction)
         return dataset
 
@@ -315,6 +341,7 @@ class TokenDataset:
         key, n_chars, has_text = _cache_key(pieces(), tokenizer)
         if not has_text:
             raise ValueError(f"{name} is empty (no text to train on)")
+        self.n_chars = n_chars
         cache_dir = Path(default_cache_dir() if cache_dir is None else cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         self.cache_path = cache_dir / f"tokens-{key}.npy"
@@ -456,7 +483,7 @@ class TokenDataset:
 def _bincount(ids: np.ndarray, vocab_size: int) -> np.ndarray:
     """Counts of each id, a block at a time (bincount copies its input to int64)."""
     counts = np.zeros(vocab_size, dtype=np.float64)
-    block = 1 << 24
+    block = 1 << 18  # 2 MiB of int64 at a time
     for first in range(0, len(ids), block):
         counts += np.bincount(ids[first : first + block], minlength=vocab_size)
     return counts

@@ -178,21 +178,27 @@ def test_a_context_far_too_long_gets_a_sentence_not_the_oom_killer(tmp_path):
 
 
 MEASURE = """
-import json, resource
+import json
 import numpy as np
 from numpyllm.cli import build_parser, common
 from numpyllm.memory import memory_report
 from numpyllm.models.gpt import GPT
 from numpyllm.trainer import Trainer
 
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
 args = build_parser().parse_args(
     ["train", "--preset", "small", "--output-dir", "unused", "--disable-tqdm"]
 )
-text, _ = common.load_text(None)
-tokenizer, _ = common.make_tokenizer("bpe", text, args.vocab_size)
+corpus, _ = common.load_corpus(None)
+tokenizer, _ = common.make_tokenizer("bpe", corpus, args.vocab_size)
+dataset = common.token_dataset(corpus, tokenizer, args)  # encoded (and cached) first
 model = GPT(common.model_config(args, tokenizer.vocab_size), rng=np.random.default_rng(0))
 report = memory_report(model, args.per_device_train_batch_size, model.config.max_seq_len)
-dataset = common.token_dataset(text, tokenizer, args)
+with open("/proc/self/clear_refs", "w") as f:
+X
 trainer = Trainer(model, common.training_arguments(args, 10), train_dataset=dataset)
 rng = np.random.default_rng(0)
 for step in range(1, 4):  # the training step, as Trainer.train runs it
@@ -200,14 +206,7 @@ for step in range(1, 4):  # the training step, as Trainer.train runs it
     trainer._forward_backward(batch, step)
     trainer.optimizer.step()
     model.zero_grad()
-# Linux's VmHWM is this process image's own peak; ru_maxrss also counts the parent's memory
-# at the fork (a big pytest worker), which Linux carries over the exec
-try:
-    with open("/proc/self/status") as f:
-        measured = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
-except (OSError, StopIteration):
-    measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"estimate": report.peak, "measured": measured}))
+print(json.dumps({"estimate": report.peak, "measured": kib("VmHWM") * 1024}))
 """
 
 

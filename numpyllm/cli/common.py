@@ -527,17 +527,36 @@ def with_dropout(model: Any, dropout: float) -> Any:
     return rebuilt
 
 
-def load_text(path: str | None) -> tuple[str, str]:
-    """(text, description) of --data, or of the built-in corpus when it is not given."""
-    from numpyllm.data import builtin_corpus, read_text
+def load_corpus(path: str | None) -> tuple[str | Path, str]:
+    """(corpus, description) of --data: the built-in corpus as one string, or the checked
+    path of a file or folder, which the tokenizer and the token cache then read piece by
+    piece (a corpus larger than the memory streams through; see ``corpus_texts``)."""
+    from numpyllm.data import builtin_corpus, text_path
 
     if path is None:
         return builtin_corpus(), "built-in corpus (Python's own help pages)"
-    return read_text(path), str(path)
+    return text_path(path), str(path)
 
 
-def make_tokenizer(spec: str, text: str, vocab_size: int) -> tuple[Any, str]:
-    """(tokenizer, description) for --tokenizer bpe / char / PATH."""
+def corpus_texts(corpus: str | Path) -> Any:
+    """What a tokenizer trains on: the string itself, or the path's text as a stream of
+    chunks (the same chunks a string of that text is cut into, so the same tokenizer)."""
+    from numpyllm.data import iter_chunks
+
+    return corpus if isinstance(corpus, str) else iter_chunks(corpus)
+
+
+def corpus_size(corpus: str | Path) -> str:
+    """'123,456 characters' for a string, '123,456 bytes' for a path (not read to count)."""
+    if isinstance(corpus, str):
+        return f"{len(corpus):,} characters"
+    files = [corpus] if corpus.is_file() else [f for f in corpus.rglob("*.txt") if f.is_file()]
+    return f"{sum(f.stat().st_size for f in files):,} bytes"
+
+
+def make_tokenizer(spec: str, corpus: str | Path, vocab_size: int) -> tuple[Any, str]:
+    """(tokenizer, description) for --tokenizer bpe / char / PATH, trained on ``corpus``
+    (see ``load_corpus``) as a stream."""
     from numpyllm.tokenizer import Tokenizer
 
     if spec == "bpe":
@@ -545,10 +564,10 @@ def make_tokenizer(spec: str, text: str, vocab_size: int) -> tuple[Any, str]:
             raise UsageError(
                 f"--vocab-size must be at least {MIN_BPE_VOCAB} for BPE, got {vocab_size}"
             )
-        tokenizer = Tokenizer.train_bpe(text, vocab_size=vocab_size)
+        tokenizer = Tokenizer.train_bpe(corpus_texts(corpus), vocab_size=vocab_size)
         return tokenizer, f"byte-level BPE trained on the data, vocab {tokenizer.vocab_size:,}"
     if spec == "char":
-        tokenizer = Tokenizer.char_level(text)
+        tokenizer = Tokenizer.char_level(corpus_texts(corpus))
         return tokenizer, f"one token per character, vocab {tokenizer.vocab_size:,}"
     tokenizer = Tokenizer.load(spec)
     return tokenizer, f"{spec}, vocab {tokenizer.vocab_size:,}"
@@ -564,10 +583,19 @@ def total_steps(args: argparse.Namespace, dataset: Any, seq_len: int) -> int:
     return max(1, math.ceil(args.num_train_epochs * per_epoch))
 
 
-def token_dataset(text: str, tokenizer: Any, args: argparse.Namespace) -> Any:
+def token_dataset(
+    corpus: str | Path, tokenizer: Any, args: argparse.Namespace, val_fraction: float | None = None
+) -> Any:
+    """The token ids of ``corpus`` (encoded piece by piece into the memory-mapped cache)."""
     from numpyllm.data import TokenDataset
 
-    return TokenDataset(text, tokenizer, cache_dir=args.cache_dir, val_fraction=args.val_fraction)
+    options = {
+        "cache_dir": args.cache_dir,
+        "val_fraction": args.val_fraction if val_fraction is None else val_fraction,
+    }
+    if isinstance(corpus, str):
+        return TokenDataset(corpus, tokenizer, **options)
+    return TokenDataset.from_path(corpus, tokenizer, **options)
 
 
 #: what each kind of model a command may take is called in its messages

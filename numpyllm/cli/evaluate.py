@@ -166,17 +166,15 @@ def evaluate_masked(
 
 
 def run(args: argparse.Namespace) -> int:
-    from numpyllm.data import TokenDataset
-
     model, tokenizer, folder = common.load_for_inference(
         args.checkpoint, args.tokenizer, kinds=("GPT", "Llama", "BERT"), adapter=args.adapter
     )
-    text, source = common.load_text(args.data)
+    corpus, source = common.load_corpus(args.data)
     split = args.split or ("val" if args.data is None else "all")
     val_fraction = 0.0 if split == "all" else args.val_fraction
     if split != "all" and val_fraction == 0.0:
         raise common.UsageError(f"--split {split} needs --val-fraction > 0")
-    dataset = TokenDataset(text, tokenizer, cache_dir=args.cache_dir, val_fraction=val_fraction)
+    dataset = common.token_dataset(corpus, tokenizer, args, val_fraction=val_fraction)
     seq_len = args.seq_len or model.config.max_seq_len
     which = "train" if split == "all" else split
     masked = type(model).__name__ == "BERT"

@@ -155,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir
     )
 
-    text, source = common.load_text(args.data)
-    dataset = common.token_dataset(text, tokenizer, args)
+    corpus, source = common.load_corpus(args.data)
+    dataset = common.token_dataset(corpus, tokenizer, args)
     if len(dataset.val) < 2:
         raise common.UsageError(
             f"{source} gives only {len(dataset.val)} validation token(s) at --val-fraction "
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             f"--seq-len {seq_len}: use more text or a smaller --seq-len"
         )
     print(f"checkpoint  {folder}: {model.num_parameters():,} parameters, context {context}")
-    print(f"data        {source}: {len(text):,} characters")
+    print(f"data        {source}: {dataset.n_chars:,} characters")
     print(f"tokens      {len(dataset.train):,} train / {len(dataset.val):,} validation")
     if peft_model is not None:
         trainable, total = peft_model.num_trainable_parameters()

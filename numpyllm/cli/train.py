@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
             )
 
     started = time.perf_counter()
-    text, source = common.load_text(args.data)
-    print(f"data        {source}: {len(text):,} characters")
+    corpus, source = common.load_corpus(args.data)
+    print(f"data        {source}: {common.corpus_size(corpus)}")
     if resume is not None:
         # The model and tokenizer are the checkpoint's; the Trainer restores the rest.
         folder = resolve_checkpoint(output_dir if resume is True else resume)
@@ -108,19 +108,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming    {folder} (its model and tokenizer; model flags are ignored)")
     else:
         t0 = time.perf_counter()
-        tokenizer, described = common.make_tokenizer(args.tokenizer, text, args.vocab_size)
+        tokenizer, described = common.make_tokenizer(args.tokenizer, corpus, args.vocab_size)
         print(f"tokenizer   {described} ({time.perf_counter() - t0:.1f} s)")
         config = common.model_config(args, tokenizer.vocab_size)
         model_class = Llama if args.model == "llama" else GPT
         model = model_class(config, rng=np.random.default_rng(args.seed))
     if common.memory_check(model, args, model.config.max_seq_len):
         return 0  # --dry-run: the report is all
-    dataset = common.token_dataset(text, tokenizer, args)
+    dataset = common.token_dataset(corpus, tokenizer, args)
     config = model.config
     n_train, n_val = len(dataset.train), len(dataset.val)
     print(
         f"tokens      {n_train:,} train / {n_val:,} validation "
-        f"({len(text) / max(len(dataset), 1):.2f} characters per token)"
+        f"({dataset.n_chars / max(len(dataset), 1):.2f} characters per token)"
     )
     print(f"model       {_describe(model)}: {model.num_parameters():,} parameters")
     targs = common.training_arguments(args, common.total_steps(args, dataset, config.max_seq_len))

@@ -1,0 +1,74 @@
+"""Corpora larger than the memory: ``--data`` is read piece by piece by the tokenizer's
+training and by the token cache, never whole, so the memory of preparing a corpus does not
+grow with its size; and the stream gives exactly the tokenizer and ids of the whole text."""
+
+import argparse
+import tracemalloc
+
+import numpy as np
+
+from numpyllm import data
+from numpyllm.cli import common
+
+
+def write_corpus(path, n_chars: int, seed: int = 0) -> None:
+    """Lines of words drawn from a fixed list, ``n_chars`` characters in all."""
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    words = ["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(300)]
+    lines, total = [], 0
+    while total < n_chars:
+        line = " ".join(rng.choice(words, size=12)) + ".\n"
+        lines.append(line)
+        total += len(line)
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def prepare(path, cache_dir) -> tuple:
+    """What ``numpyllm train --data path`` does before building the model."""
+    args = argparse.Namespace(cache_dir=str(cache_dir), val_fraction=0.05)
+    corpus, _ = common.load_corpus(str(path))
+    tokenizer, _ = common.make_tokenizer("bpe", corpus, 300)
+    dataset = common.token_dataset(corpus, tokenizer, args)
+    dataset.unigram_baseline_loss("val")
+    return tokenizer, dataset
+
+
+def peak_bytes(path, cache_dir) -> int:
+    tracemalloc.start()
+    try:
+        prepare(path, cache_dir)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_preparing_a_corpus_takes_memory_that_does_not_grow_with_its_size(tmp_path, monkeypatch):
+    # Small pieces and chunks, so that small files are many of them: the tokenizer's
+    # training reads up to 256 chunks ahead, the encoding 8 chunks at a time.
+    monkeypatch.setattr(data, "_READ_CHARS", 1 << 14)
+    monkeypatch.setattr(data, "_CHUNK_CHARS", 1 << 10)
+    monkeypatch.setattr(data, "_COPY_BYTES", 1 << 14)
+    small, large = tmp_path / "small.txt", tmp_path / "large.txt"
+    write_corpus(small, 400_000)
+    write_corpus(large, 1_200_000, seed=1)
+    peaks = [peak_bytes(p, tmp_path / p.stem) for p in (small, large)]
+    # the whole text of the large file alone would add 800 kB (and a joined copy as much)
+    assert peaks[1] - peaks[0] < 300_000, peaks
+
+
+def test_the_stream_gives_the_tokenizer_and_ids_of_the_whole_text(tmp_path, monkeypatch):
+    from numpyllm.data import TokenDataset, read_text
+    from numpyllm.tokenizer import Tokenizer
+
+    monkeypatch.setattr(data, "_READ_CHARS", 1 << 14)
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    write_corpus(folder / "a.txt", 60_000)
+    write_corpus(folder / "b.txt", 40_000, seed=2)
+    streamed, dataset = prepare(folder, tmp_path / "cache")
+    whole = Tokenizer.train_bpe(read_text(folder), vocab_size=300)
+    assert streamed.to_json() == whole.to_json()
+    ids = TokenDataset(read_text(folder), whole, cache_dir=tmp_path / "cache2").tokens
+    np.testing.assert_array_equal(dataset.tokens, ids)
+    assert dataset.n_chars == len(read_text(folder))
