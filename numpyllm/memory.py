@@ -43,11 +43,6 @@ from numpyllm.functional.attention import DEFAULT_BLOCK_SIZE
 
 MIB = 1 << 20
 
-# GPT runs attention over blocks of batch rows whose scores hold about this many numbers,
-# and its MLP over blocks of this many token rows (smaller ones when recomputing).
-GPT_ATTENTION_ELEMENTS = (1 << 19, 1 << 17)  # (default, recompute)
-GPT_MLP_ROWS = (1024, 256)
-
 # Optimizer state per parameter, in parameter-sized arrays.
 OPTIMIZER_SLOTS = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0, "none": 0}
 
@@ -459,10 +454,13 @@ def _gpt_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list
     u = B * T * d * s
     drop = cfg.dropout > 0
     rows_per_part = math.ceil(B / threads)
-    elements = GPT_ATTENTION_ELEMENTS[recompute]
+    from numpyllm.models.gpt import BLOCKS, BLOCKS_RECOMPUTE  # the model's own block sizes
+
+    blocks = BLOCKS_RECOMPUTE if recompute else BLOCKS
+    elements = blocks.attention_elements
     attn_rows = min(rows_per_part, max(1, elements // (H * T * T)))
     scores = 2 * _attention_scores(attn_rows, H, T, T) * s * threads
-    mlp = 3 * min(GPT_MLP_ROWS[recompute], rows_per_part * T) * f * s * threads
+    mlp = 3 * min(blocks.mlp_rows, rows_per_part * T) * f * s * threads
     cached = (6 + f / d + 2 * drop) * u + 3 * B * T * s * (H + 4)  # + row lse, norm stats
     kept = u if recompute else cached
     layers = [_row("embeddings", _module_params(model.wte, model.wpe), (1 + drop) * u, 2 * u, 0.0)]

@@ -198,7 +198,8 @@ dataset = common.token_dataset(corpus, tokenizer, args)  # encoded (and cached) 
 model = GPT(common.model_config(args, tokenizer.vocab_size), rng=np.random.default_rng(0))
 report = memory_report(model, args.per_device_train_batch_size, model.config.max_seq_len)
 with open("/proc/self/clear_refs", "w") as f:
-X
+    f.write("5")  # VmHWM from here on: the training steps' peak. (ru_maxrss would also count
+    # the encoding, and the forking pytest worker's memory, which Linux carries over exec.)
 trainer = Trainer(model, common.training_arguments(args, 10), train_dataset=dataset)
 rng = np.random.default_rng(0)
 for step in range(1, 4):  # the training step, as Trainer.train runs it
