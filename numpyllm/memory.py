@@ -24,9 +24,10 @@ d_ff, H heads, vocabulary V, s bytes per number), so nothing is allocated to fin
 the data and the tokenizer (its resident set now, less the parameters, which are already
 resident and counted in their own column).
 
-Models are described by plans registered in ``PLANS`` under their class name: a function
-(model, batch_size, seq_len, recompute, threads) -> list of ``LayerMemory``. A new model
-(Llama) adds its own plan there; the report and the guard then work for it unchanged.
+Models are described by plans registered in ``PLANS`` under their class name (GPT, BERT,
+T5, Llama): a function (model, batch_size, seq_len, recompute, threads) -> list of
+``LayerMemory``. A new model adds its own plan there; the report and the guard then work
+for it unchanged.
 """
 
 from __future__ import annotations
@@ -596,8 +597,8 @@ def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> li
     return layers
 
 
-#: Memory plans by model class name. A new model adds ``PLANS["Llama"] = _llama_plan``: a
-#: function (model, batch_size, seq_len, recompute, threads) -> list[LayerMemory].
+#: Memory plans by model class name. A new model adds its own: a function
+#: (model, batch_size, seq_len, recompute, threads) -> list[LayerMemory].
 PLANS: dict[str, Callable[..., list[LayerMemory]]] = {
     "GPT": _gpt_plan,
     "BERT": _bert_plan,

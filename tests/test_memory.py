@@ -37,10 +37,13 @@ def tiny_gpt(dropout=0.1, max_seq_len=32) -> nl.GPT:
 def tiny_models() -> dict:
     bert = nl.BERT(nl.BertConfig(vocab_size=40, n_layer=2, n_head=2, d_model=16, max_seq_len=32))
     t5 = nl.T5(nl.T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, n_layer=2, n_head=2))
-    return {"GPT": tiny_gpt(), "BERT": bert, "T5": t5}
+    llama_config = nl.LlamaConfig(
+        vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, d_model=16, max_seq_len=32
+    )
+    return {"GPT": tiny_gpt(), "BERT": bert, "T5": t5, "Llama": nl.Llama(llama_config)}
 
 
-@pytest.mark.parametrize("name", ["GPT", "BERT", "T5"])
+@pytest.mark.parametrize("name", ["GPT", "BERT", "T5", "Llama"])
 def test_every_parameter_is_counted_once_and_the_columns_add_up(name):
     model = tiny_models()[name]
     report = memory_report(model, batch_size=3, seq_len=8, available=10 * GIB)
