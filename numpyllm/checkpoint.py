@@ -315,18 +315,19 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder itself, or the newest ``checkpoint-<step>`` in a training output dir."""
+    """The newest ``checkpoint-<step>`` in a training output folder, else the folder itself
+    when it is a model folder (a checkpoint, or the final model a run saves beside them)."""
     folder = Path(path)
     if not folder.exists():
         raise FileNotFoundError(f"no checkpoint at {folder}: the path does not exist")
+    found = list_checkpoints(folder)
+    if found:  # the newest state of a run, also while a resumed run has not finished
+        return found[-1][1]
     if any((folder / name).is_file() for name in (MODEL_FILE, MODEL_INDEX_FILE, CONFIG_FILE)):
         return folder  # a model folder (the loader says what is missing from it, if anything)
-    found = list_checkpoints(folder)
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoint in {folder}: expected {MODEL_FILE} there, or checkpoint-<step> folders"
-        )
-    return found[-1][1]
+    raise FileNotFoundError(
+        f"no checkpoint in {folder}: expected {MODEL_FILE} there, or checkpoint-<step> folders"
+    )
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:

@@ -46,6 +46,7 @@ from numpyllm.checkpoint import (
     resolve_checkpoint,
     rotate_checkpoints,
     save_checkpoint,
+    save_model_files,
 )
 from numpyllm.memory import check_training_memory
 from numpyllm.optim import (
@@ -453,6 +454,17 @@ class Trainer:
             return None
 
     # ----------------------------------------------------------- checkpoints
+
+    def save_model(self, output_dir: str | os.PathLike | None = None) -> Path:
+        """Write the model (and tokenizer) as a Hugging Face model folder into ``output_dir``
+        (default: ``args.output_dir``), as transformers' ``Trainer.save_model`` does, so that
+        ``AutoModelForCausalLM.from_pretrained(output_dir)`` loads the run's final model."""
+        folder = Path(output_dir if output_dir is not None else self.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model_files(folder, self.model, self.tokenizer)
+        if self.tokenizer is not None:
+            self.tokenizer.save(folder)
+        return folder
 
     def _save(self, rng_state: dict[str, Any], start: float) -> Path:
         path = self.output_dir / f"checkpoint-{self.global_step}"

@@ -112,6 +112,14 @@ def test_train_writes_checkpoints_and_beats_the_unigram_baseline(trained):
     assert names == ["checkpoint-30", "checkpoint-40"]
     for file in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json"):
         assert (out / "checkpoint-40" / file).is_file()
+    # the run folder itself holds the final model as a Hugging Face folder, as
+    # transformers' Trainer.save_model writes it: the weights of the last checkpoint
+    for file in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json"):  # fmt: skip
+        assert (out / file).is_file(), file
+    assert (out / "model.safetensors").read_bytes() == (
+        out / "checkpoint-40" / "model.safetensors"
+    ).read_bytes()
     assert (out / "metrics.jsonl").is_file()
     stdout = result.stdout
     for word in ("parameters", "tokens", "40 steps", "--- sample 1 ---", "numpyllm chat"):

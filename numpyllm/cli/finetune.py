@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             f"saved to {metrics['checkpoint']}"
         )
         return 130
+    trainer.save_model()  # the run folder itself: the final model, as transformers loads it
     after, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
     print(f"before      validation loss {common.fmt_loss(before)}")
     print(f"after       validation loss {common.fmt_loss(after)}")

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             f"{shlex.quote(str(output_dir))} --resume-from-checkpoint (and the same --data)"
         )
         return 130
+    trainer.save_model()  # the run folder itself: the final model, as transformers loads it
 
     print()
     model.eval()
