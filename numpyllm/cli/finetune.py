@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
             f"saved to {metrics['checkpoint']}"
         )
         return 130
-    trainer.save_model()  # the run folder itself: the final model, as transformers loads it
+    if peft_model is None:  # the run folder itself: the final model, as transformers loads it
+        trainer.save_model()
     after, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
     print(f"before      validation loss {common.fmt_loss(before)}")
     print(f"after       validation loss {common.fmt_loss(after)}")
