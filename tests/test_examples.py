@@ -299,9 +299,9 @@ def test_t5(capsys):
 # ---- lora.py ----------------------------------------------------------------------------------
 def test_lora_next_to_full_fine_tuning(tmp_path, capsys):
     result = load_example("lora").main(
-        ["--pretrain-steps", "8", "--sentences", "160", "--epochs", "2", "--vocab-size", "300",
+        ["--pretrain-steps", "4", "--sentences", "120", "--epochs", "1", "--vocab-size", "300",
          "--n-layer", "1", "--d-model", "32", "--seq-len", "32", "--lora-learning-rate", "3e-2",
-         "--quiet", "--output-dir", str(tmp_path / "lora")]
+         "--learning-rate", "1e-2", "--quiet", "--output-dir", str(tmp_path / "lora")]
     )  # fmt: skip
     out = capsys.readouterr().out
     full, lora = result["full"], result["LoRA"]
