@@ -428,3 +428,20 @@ def test_rotate_keeps_the_newest(tmp_path):
     deleted = rotate_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in deleted) == ["checkpoint-1", "checkpoint-2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-11", "checkpoint-3"]
+
+
+def test_commands_show_the_old_format_note_on_one_line(tmp_path, capsys):
+    from numpyllm.cli import main
+
+    tokenizer = Tokenizer.char_level("abcdefghijklmnopqrstuvwxyz ")
+    model = GPT(GPTConfig(**{**CONFIG, "vocab_size": tokenizer.vocab_size}))
+    write_old_format(tmp_path / "old", model)
+    meta = json.loads((tmp_path / "old" / "config.json").read_text())
+    meta["config"]["vocab_size"] = tokenizer.vocab_size
+    (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
+    tokenizer.save(tmp_path / "old")
+    argv = ["generate", str(tmp_path / "old"), "--prompt", "ab", "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
+    assert len(notes) == 1 and notes[0].startswith("numpyllm: note: ")
+    assert "older format" in notes[0] and "saving it again" in notes[0]

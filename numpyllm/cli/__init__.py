@@ -15,6 +15,7 @@ Each subcommand lives in its own module (``train``, ``finetune``, ``evaluate``,
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 from numpyllm.cli import attention, chat, common, evaluate, finetune, generate, train
@@ -76,6 +77,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(message.split())
 
 
+def _show_note(message: Warning | str, *args: object, **kwargs: object) -> None:
+    """A warning as the command shows it: one line on stderr, ``numpyllm: note: ...``."""
+    print(f"numpyllm: note: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -87,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_note  # restored on leaving the block
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         if common.debug_enabled():
             raise
