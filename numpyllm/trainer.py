@@ -48,6 +48,7 @@ from numpyllm.checkpoint import (
     save_checkpoint,
     save_model_files,
 )
+from numpyllm.distributed import SingleProcess, world_for
 from numpyllm.memory import check_training_memory
 from numpyllm.optim import (
     AdamW,
@@ -114,6 +115,8 @@ class Trainer:
             model.recompute_activations = True
         self.model = model
         self.args = args
+        # the ranks of a distributed run (numpyllm.distributed), or this process alone
+        self.world: SingleProcess = world_for(args.ddp_backend)
         self.tokenizer = tokenizer
         self.output_dir = Path(args.output_dir)
         seq_len = args.seq_len or getattr(getattr(model, "config", None), "max_seq_len", None)
@@ -127,7 +130,8 @@ class Trainer:
         if not args.ignore_memory_check and row_length is not None:
             # before the first step allocates anything: a clear error, not the OOM killer
             check_training_memory(model, batch_size, row_length)
-        self.steps_per_epoch = max(1, int(self.train_dataset.steps_per_epoch(batch_size)))
+        global_batch = batch_size * self.world.size  # each rank takes its b rows of it
+        self.steps_per_epoch = max(1, int(self.train_dataset.steps_per_epoch(global_batch)))
         if args.max_steps > 0:
             self.total_steps = args.max_steps
         else:
@@ -139,6 +143,10 @@ class Trainer:
         self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
         self.scheduler = scheduler if scheduler is not None else self._default_scheduler()
         self.rng = np.random.default_rng(args.seed)  # draws the training batches, nothing else
+        if self.world.rank:  # the ranks' dropout masks are independent draws, not copies
+            for _, generator in self._model_generators():
+                _jump(generator, self.world.rank)
+        self._stop_requested = False  # Ctrl-C in a distributed run: stop at an agreed step
         self.global_step = 0
         self.log_history: list[dict[str, Any]] = []
         self._elapsed_before = 0.0  # seconds spent in earlier runs of a resumed training
@@ -183,6 +191,11 @@ class Trainer:
         try:
             self.rng.bit_generator.state = state["batches"]
             saved = state["model"]
+            by_rank = state.get("model_by_rank") or [saved]
+            if self.world.rank < len(by_rank):
+                saved = by_rank[self.world.rank]
+            elif self.world.rank:  # more ranks than the run had: new independent streams
+                saved = _jumped_states(saved, self.world.rank)
             for name, generator in self._model_generators():
                 if name not in saved:
                     raise ValueError(f"no state for the model's Generator {name!r}")
@@ -233,7 +246,8 @@ class Trainer:
         resume = resume_from_checkpoint
         if resume is None:
             resume = args.resume_from_checkpoint
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None and resume is not False:
             folder = self._resume(resume)
             self._print(f"resumed from {folder} at step {self.global_step}")
@@ -252,19 +266,25 @@ class Trainer:
         checkpoint: Path | None = None
         evaluated: dict[str, float] | None = None
         generators = list(self._model_generators())  # walked once: the model does not change
+        previous_handler = None
+        if self.world.distributed and threading.current_thread() is threading.main_thread():
+            # Ctrl-C (mpiexec passes it to every rank) only asks to stop; the ranks agree on
+            # it in the next step's reduction and all stop after that step, which rank 0 saves
+            previous_handler = signal.signal(signal.SIGINT, self._request_stop)
         resume_rng = self._rng_state(generators)  # what a checkpoint of the last done step needs
         bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
             desc="training",
             unit="step",
-            disable=args.disable_tqdm,
+            disable=args.disable_tqdm or self.world.rank != 0,
             dynamic_ncols=True,
         )
+        global_batch = batch_size * self.world.size
         try:
             while self.global_step < self.total_steps:
                 step = self.global_step + 1
-                batch = self.train_dataset.train_batch(batch_size, self.rng)
+                batch = self._rank_rows(self.train_dataset.train_batch(global_batch, self.rng))
                 loss, grad_norm = self._forward_backward(batch, step)
                 lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step uses
                 with _interrupts_deferred():  # never stop half-way through an update
@@ -274,6 +294,8 @@ class Trainer:
                     self.model.zero_grad()
                     self.global_step = step
                     resume_rng = self._rng_state(generators)
+                if self._stop_requested:  # every rank has seen it at this step's reduction
+                    raise KeyboardInterrupt
 
                 tokens = _count_tokens(batch)
                 run_losses.append(loss)
@@ -289,6 +311,7 @@ class Trainer:
 
                 last = step == self.total_steps
                 if step % args.logging_steps == 0 or last:
+                    self.world.check_identical(self._parameter_buffers(), step)
                     self._log_window(window, lr, grad_norm, start)
                 if args.eval_steps and step % args.eval_steps == 0 or last:
                     evaluated = self._evaluate_and_log(start)
@@ -303,8 +326,17 @@ class Trainer:
             if saved_at != self.global_step:
                 checkpoint = self._save(resume_rng, start)
             bar.close()
-            print(f"\ninterrupted at step {self.global_step}; checkpoint saved to {checkpoint}")
+            if self.world.rank == 0:
+                print(f"\ninterrupted at step {self.global_step}; checkpoint saved to {checkpoint}")
+        except Exception as exc:
+            if self.world.distributed and not isinstance(exc, TrainingError):
+                # this rank alone failed: end every rank now rather than leave the others
+                # waiting for ever in the next Allreduce
+                self.world.abort(f"{type(exc).__name__}: {exc}")
+            raise
         finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             bar.close()
             self._plot()  # also when training failed: the curve up to a divergence helps
         if checkpoint is None:  # nothing was left to train: point at the final checkpoint
@@ -326,20 +358,47 @@ class Trainer:
             metrics.update(evaluated)
         return metrics
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+
+    def _rank_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This rank's rows [r b, (r + 1) b) of a global batch (all of it in one process)."""
+        if not self.world.distributed:
+            return batch
+        b = self.args.per_device_train_batch_size
+        rows = slice(self.world.rank * b, (self.world.rank + 1) * b)
+        return {key: value[rows] for key, value in batch.items()}
+
     def _forward_backward(self, batch: dict[str, np.ndarray], step: int) -> tuple[float, float]:
-        """Loss and gradient norm (before clipping) of one batch; gradients clipped in place."""
-        loss = self.model(**batch).loss
-        if loss is None:
+        """Loss and gradient norm (before clipping) of one batch; gradients clipped in place.
+
+        Over ranks, the loss is the mean over every rank's scored items,
+        L = sum_r (n_r / n) L_r, so each rank's gradient is scaled by n_r / n and summed.
+        """
+        out_loss = self.model(**batch).loss
+        if out_loss is None:
             raise TrainingError(
                 f"the model returned no loss at step {step}: the batches must hold labels"
             )
-        loss = float(loss)
+        loss = float(out_loss)
+        share = 1.0
+        if self.world.distributed:
+            items = _scored_items(self.model, batch)
+            # one small Allreduce: the loss, the item count and whether any rank was interrupted
+            total, n, stops = self.world.sum_values([loss * items, items, self._stop_requested])
+            loss = float(total / max(n, 1.0))
+            share = items / max(n, 1.0)
+            self._stop_requested = stops > 0
         if not math.isfinite(loss):
             raise TrainingError(
                 f"loss is {loss} at step {step}; training stopped (nothing was saved for this "
                 f"step). Try a lower learning_rate or more warmup_steps."
             )
         self.model.backward()
+        if self.world.distributed:
+            for buffer in self._gradient_buffers():
+                buffer *= share
+                self.world.allreduce_sum(buffer)  # now sum_r (n_r / n) dL_r, on every rank
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):
             raise TrainingError(
@@ -347,6 +406,19 @@ class Trainer:
                 f"saved for this step)"
             )
         return loss, grad_norm
+
+    def _gradient_buffers(self) -> list[np.ndarray]:
+        """The gradients as few contiguous arrays as the optimizer allows (one Allreduce each)."""
+        buffers = getattr(self.optimizer, "gradient_buffers", None)
+        if buffers is not None:
+            return list(buffers())
+        return [p.grad for p in self.model.parameters() if p.requires_grad]
+
+    def _parameter_buffers(self) -> list[np.ndarray]:
+        buffers = getattr(self.optimizer, "parameter_buffers", None)
+        if buffers is not None:
+            return list(buffers())
+        return [p.data for p in self.model.parameters()]
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -379,8 +451,13 @@ class Trainer:
         self.model.eval()
         total, rows = 0.0, 0
         try:
-            batches = data.eval_batches(self.args.eval_batch_size, self.args.eval_batches)
-            for batch in batches:
+            size, rank = self.args.eval_batch_size, self.world.rank
+            # over ranks, as in training: batches N times the size, rank r takes its rows
+            batches = data.eval_batches(size * self.world.size, self.args.eval_batches)
+            for global_batch in batches:
+                batch = {k: v[rank * size : (rank + 1) * size] for k, v in global_batch.items()}
+                if len(next(iter(batch.values()))) == 0:
+                    continue  # a short last batch with no rows left for this rank
                 out = self.model(**batch)
                 if out.loss is None:
                     raise TrainingError("the model returned no loss on an evaluation batch")
@@ -389,6 +466,9 @@ class Trainer:
                 rows += n
         finally:
             self.model.train(was_training)
+        if self.world.distributed:
+            summed, rows_sum = self.world.sum_values([total, rows])
+            total, rows = float(summed), int(rows_sum)
         if rows == 0:
             return None
         eval_loss = total / rows
@@ -430,16 +510,20 @@ class Trainer:
 
     def _append_log(self, entry: dict[str, Any]) -> None:
         self.log_history.append(entry)
+        if self.world.rank != 0:
+            return  # rank 0 alone writes files
         with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl = the log history so far (on resume: up to the checkpoint's step)."""
+        if self.world.rank != 0:
+            return
         lines = "".join(json.dumps(entry) + "\n" for entry in self.log_history)
         (self.output_dir / METRICS_FILE).write_text(lines, encoding="utf-8")
 
     def _print(self, message: str) -> None:
-        if not self.args.disable_tqdm:
+        if not self.args.disable_tqdm and self.world.rank == 0:
             tqdm.write(message)
 
     def _plot(self) -> Path | None:
@@ -447,6 +531,8 @@ class Trainer:
 
         A failure to draw is a warning, never an error that could hide the training's own.
         """
+        if self.world.rank != 0:
+            return None
         try:
             return plot_losses(self.log_history, self.output_dir / PLOT_FILE)
         except Exception as exc:  # any plotting problem at all
@@ -468,6 +554,13 @@ class Trainer:
 
     def _save(self, rng_state: dict[str, Any], start: float) -> Path:
         path = self.output_dir / f"checkpoint-{self.global_step}"
+        # identical ranks, checked before rank 0 writes them for all
+        self.world.check_identical(self._parameter_buffers(), self.global_step)
+        if self.world.distributed:  # every rank's own streams, so that the same ranks resume
+            rng_state = {**rng_state, "model_by_rank": self.world.gather(rng_state["model"])}
+        if self.world.rank != 0:
+            self.world.barrier()  # rank 0 is writing: nobody goes on (and fails) before it ends
+            return path
         trainer_state = {
             "global_step": self.global_step,
             "total_steps": self.total_steps,
@@ -487,6 +580,7 @@ class Trainer:
         )
         if self.args.save_total_limit is not None:
             rotate_checkpoints(self.output_dir, self.args.save_total_limit)
+        self.world.barrier()
         return path
 
 
@@ -553,3 +647,39 @@ def _interrupts_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _scored_items(model: Any, batch: dict[str, np.ndarray]) -> int:
+    """How many items the batch's loss is a mean over: labels other than -100 (the first
+    column left out for a model that shifts its labels, as causal language models do), or
+    the rows when the labels are one per row (classification) or absent."""
+    labels = batch.get("labels")
+    if labels is None or np.ndim(labels) < 2:
+        return len(next(iter(batch.values())))
+    labels = np.asarray(labels)
+    if getattr(model, "shifts_labels", False):
+        labels = labels[:, 1:]
+    return int(np.count_nonzero(labels != -100))
+
+
+def _jump(generator: np.random.Generator, times: int) -> None:
+    """Move a Generator ``times`` jumps of 2^127 draws on (a stream no other rank reaches)."""
+    bit_generator = generator.bit_generator
+    jumped = getattr(bit_generator, "jumped", None)
+    if jumped is None:
+        raise TypeError(
+            f"a distributed run needs jumpable Generators (PCG64, Philox, ...), "
+            f"got {type(bit_generator).__name__}"
+        )
+    bit_generator.state = jumped(times).state
+
+
+def _jumped_states(states: dict[str, Any], times: int) -> dict[str, Any]:
+    """Rank 0's saved Generator states moved on as ``_jump`` moves a new rank's."""
+    out = {}
+    for name, state in states.items():
+        generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        generator.bit_generator.state = state
+        _jump(generator, times)
+        out[name] = generator.bit_generator.state
+    return out

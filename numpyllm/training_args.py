@@ -51,6 +51,11 @@ class TrainingArguments:
     ignore_memory_check           train even when the estimated peak memory of a step
                                   (``numpyllm.memory_report``) exceeds the memory available;
                                   by default the Trainer raises InsufficientMemoryError first
+    ddp_backend                   "mpi": train data-parallel over the ranks of an ``mpiexec``
+                                  launch (``numpyllm.distributed``); None: the same, found
+                                  by itself when launched by ``mpiexec -n N`` with N > 1;
+                                  "none": one process whatever the launcher says. The batch
+                                  size is per rank: the global batch is N times it
     """
 
     output_dir: str | os.PathLike
@@ -77,6 +82,7 @@ class TrainingArguments:
     seq_len: int | None = None
     gradient_checkpointing: bool = False
     ignore_memory_check: bool = False
+    ddp_backend: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
@@ -120,6 +126,8 @@ class TrainingArguments:
         resume = self.resume_from_checkpoint
         if not (resume is None or isinstance(resume, (bool, str, os.PathLike))):
             raise ValueError(f"resume_from_checkpoint must be None, True or a path, got {resume!r}")
+        if self.ddp_backend not in (None, "mpi", "none"):
+            raise ValueError(f"ddp_backend must be 'mpi', 'none' or None, got {self.ddp_backend!r}")
         for name in ("disable_tqdm", "gradient_checkpointing", "ignore_memory_check"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -14,11 +14,13 @@ Each subcommand lives in its own module (``train``, ``finetune``, ``evaluate``,
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 
 from numpyllm.cli import attention, chat, common, evaluate, finetune, generate, train
+from numpyllm.distributed import launched_rank, launched_world_size
 
 __all__ = ["main", "build_parser"]
 
@@ -92,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if launched_world_size() > 1 and launched_rank() != 0:
+        # under mpiexec every rank runs the same command: rank 0 alone speaks (a rank that
+        # fails alone says so on the real stderr as it ends the job: numpyllm.distributed)
+        sys.stdout = sys.stderr = open(os.devnull, "w")
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_note  # restored on leaving the block

@@ -9,6 +9,7 @@ from typing import Any
 
 from numpyllm.cli import common
 from numpyllm.cli.evaluate import evaluate_tokens
+from numpyllm.distributed import launched_rank
 
 DEFAULTS: dict[str, Any] = {
     "output_dir": None,
@@ -151,9 +152,10 @@ def run(args: argparse.Namespace) -> int:
     common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work
     if common.memory_check(model, args, seq_len):
         return 0  # --dry-run: the report is all
-    common.check_output_dir(
-        Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir
-    )
+    if launched_rank() == 0:  # under mpiexec, rank 0 alone touches the files
+        common.check_output_dir(
+            Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir
+        )
 
     corpus, source = common.load_corpus(args.data)
     dataset = common.token_dataset(corpus, tokenizer, args)
@@ -192,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         f"AdamW lr {targs.learning_rate:g} -> {targs.output_dir}"
     )
     metrics = trainer.train()
+    if trainer.world.rank != 0:
+        return 0  # the evaluation and the saved adapter are rank 0's
     if metrics.get("interrupted"):
         common.info(
             f"numpyllm: fine-tuning interrupted at step {metrics['global_step']}; checkpoint "

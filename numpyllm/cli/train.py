@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from numpyllm.cli import common
+from numpyllm.distributed import launched_rank
 
 # The defaults: 1500 steps, 26 epochs of the built-in corpus's 116k tokens. Measured on two
 # CPU cores: 1 min 33 s on an AMD EPYC (Zen 4); 200 steps in 40 s on an Intel Xeon
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     resume = args.resume_from_checkpoint
     common.training_arguments(args)  # checks the flags before any slow work
-    if not args.dry_run:  # a dry run writes (and deletes) nothing
+    if not args.dry_run and launched_rank() == 0:  # a dry run writes (and deletes) nothing
         common.check_output_dir(output_dir, resume, args.overwrite_output_dir)
     if resume is None:
         common.model_config(args, vocab_size=1)  # the model flags, checked before the data
@@ -133,9 +134,14 @@ def run(args: argparse.Namespace) -> int:
         f"({total_tokens / max(n_train, 1):.1f} epochs), AdamW lr {targs.learning_rate:g}, "
         f"{targs.lr_scheduler_type} schedule, warmup {targs.warmup_steps}"
     )
+    if trainer.world.size > 1:
+        ranks, rows = trainer.world.size, targs.per_device_train_batch_size
+        print(f"ranks       {ranks} MPI processes, {rows} rows each of a {ranks * rows}-row batch")
     print(f"output      {output_dir}")
 
     metrics = trainer.train()
+    if trainer.world.rank != 0:
+        return 0  # the samples and the final evaluation are rank 0's
     if metrics.get("interrupted"):
         common.info(
             f"numpyllm: training interrupted at step {metrics['global_step']}; checkpoint saved "

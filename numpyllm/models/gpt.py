@@ -383,6 +383,8 @@ class GPT(Module):
     own setting otherwise.
     """
 
+    #: the loss scores labels[:, 1:] against the logits before them (the model shifts)
+    shifts_labels = True
     num_threads: int | Literal["auto"] = "auto"
     recompute_activations: bool = False
     blas_threads: int | Literal["auto"] | None = "auto"

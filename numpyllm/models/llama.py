@@ -326,6 +326,8 @@ class Llama(SplitModel):
     """
 
     config: LlamaConfig
+    #: the loss scores labels[:, 1:] against the logits before them (the model shifts)
+    shifts_labels = True
     num_threads: int | Literal["auto"] = "auto"
     recompute_activations: bool = False
     blas_threads: int | None | str = "auto"

@@ -191,6 +191,19 @@ class Optimizer:
             self._sync_views(segment)
             segment.grad.fill(0)
 
+    def gradient_buffers(self) -> list[np.ndarray]:
+        """The flat gradient buffers (one per group and dtype) that every trainable
+        parameter's ``grad`` is a view into: what a distributed run all-reduces."""
+        for segment in self._segments:
+            self._sync_views(segment)
+        return [segment.grad for segment in self._segments]
+
+    def parameter_buffers(self) -> list[np.ndarray]:
+        """The flat parameter buffers, in the same layout as ``gradient_buffers``."""
+        for segment in self._segments:
+            self._sync_views(segment)
+        return [segment.data for segment in self._segments]
+
     def step(self) -> None:
         """Update every parameter from its gradient, in place."""
         for segment in self._segments:

@@ -1,0 +1,170 @@
+"""Data-parallel training over MPI: two ranks equal one process with the doubled batch.
+
+Each test launches ``mpiexec -n 2`` on this machine (loopback only) with a tiny GPT
+(``run_training.py``). They need mpi4py and an MPI (the ``mpi`` extra, which ``.ci/run``
+installs); without them they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from numpyllm.distributed import SingleProcess, launched_world_size, world_for
+from tests.distributed import run_training
+
+pytest.importorskip("mpi4py", reason="the distributed tests need the mpi extra (mpi4py)")
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip("the distributed tests need mpiexec (pip install mpich)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(run_training.__file__)
+TIMEOUT = 120  # seconds: a hung job fails the test instead of hanging the suite
+
+
+def mpirun(out: Path, *args: str, ranks: int = 2, check: bool = True):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    command = [MPIEXEC, "-n", str(ranks), sys.executable, str(SCRIPT), str(out), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def params(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def losses(out: Path) -> list[float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+
+
+def without_key_bias(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every parameter but the attention key bias. Its exact gradient is zero (a constant
+    added to a whole softmax row changes nothing), so what it gets is rounding noise, which
+    Adam turns into full-size steps: it differs between any two summation orders, and
+    nothing else depends on it (see docs/attention.md)."""
+    out = dict(state)
+    for name, value in state.items():
+        if name.endswith("attn.c_attn.bias"):
+            d = value.shape[0] // 3
+            out[name] = np.concatenate([value[:d], value[2 * d :]])  # q and v parts
+    return out
+
+
+def assert_close(a: dict, b: dict, rtol: float) -> None:
+    """Each tensor within ``rtol`` of the other relative to its norm, ||a - b|| <= rtol ||b||
+    (an element that is nearly 0 carries float32's rounding at the tensor's scale)."""
+    a, b = without_key_bias(a), without_key_bias(b)
+    assert a.keys() == b.keys()
+    for name in a:
+        gap = np.linalg.norm(a[name] - b[name]) / np.linalg.norm(b[name])
+        assert gap <= rtol, f"{name}: relative gap {gap:.2e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path, dtype, rtol):
+    mpirun(tmp_path / "ranks", "--dtype", dtype, "--batch", "4")
+    run_training.train(tmp_path / "one", dtype=dtype, batch=8)
+    two, one = params(tmp_path / "ranks/checkpoint-3"), params(tmp_path / "one/checkpoint-3")
+    assert_close(two, one, rtol)
+    np.testing.assert_allclose(losses(tmp_path / "ranks"), losses(tmp_path / "one"), rtol=rtol)
+    # evaluation is reduced over the ranks too: the same batches, split between them
+    ranked = json.loads((tmp_path / "ranks/metrics.jsonl").read_text().splitlines()[-1])
+    single = json.loads((tmp_path / "one/metrics.jsonl").read_text().splitlines()[-1])
+    assert ranked["eval_loss"] == pytest.approx(single["eval_loss"], rel=rtol)
+    # and it is not the same as one process with the per-rank batch
+    run_training.train(tmp_path / "half", dtype=dtype, batch=4)
+    assert not np.allclose(losses(tmp_path / "half")[1:], losses(tmp_path / "one")[1:])
+
+
+def test_only_rank_zero_writes(tmp_path):
+    done = mpirun(tmp_path / "run", "--steps", "2", "--save-steps", "1")
+    assert "rank 1 writes: 0 []" in done.stdout, done.stdout
+    assert "rank 0 done at step 2" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
+
+
+def test_the_write_watch_sees_writes(tmp_path):
+    """The check above would pass if the watch saw nothing: it does see a write."""
+    watch = run_training._WriteWatch(tmp_path)
+    (tmp_path / "a.txt").write_text("x")
+    assert watch.writes
+
+
+def test_resume_with_the_same_ranks_is_exact_and_with_one_rank_goes_on(tmp_path):
+    mpirun(tmp_path / "straight", "--steps", "4", "--save-steps", "2", "--dropout", "0.1")
+    # a run stopped after step 2: its checkpoint-2 alone, taken on to step 4 by two ranks
+    shutil.copytree(tmp_path / "straight/checkpoint-2", tmp_path / "stopped/checkpoint-2")
+    mpirun(tmp_path / "stopped", "--steps", "4", "--save-steps", "2", "--dropout", "0.1",
+           "--resume")  # fmt: skip
+    straight = params(tmp_path / "straight/checkpoint-4")
+    resumed = params(tmp_path / "stopped/checkpoint-4")
+    for name in straight:  # bit for bit: same ranks, same batches, same dropout streams
+        assert np.array_equal(straight[name], resumed[name]), name
+    state = json.loads((tmp_path / "stopped/checkpoint-4/trainer_state.json").read_text())
+    assert len(state["rng"]["model_by_rank"]) == 2  # each rank's own dropout streams
+    # one process takes the 2-rank checkpoint on: the global batch is now 4 rows
+    shutil.copytree(tmp_path / "straight/checkpoint-2", tmp_path / "single/checkpoint-2")
+    metrics = run_training.train(tmp_path / "single", steps=4, dropout=0.1, resume=True)
+    assert metrics["global_step"] == 4 and np.isfinite(metrics["train_loss"])
+    after = params(tmp_path / "single/checkpoint-4")
+    before = params(tmp_path / "straight/checkpoint-2")
+    assert any(not np.array_equal(after[name], before[name]) for name in after)
+
+
+def test_a_rank_that_raises_ends_the_job_with_its_message(tmp_path):
+    done = mpirun(tmp_path / "run", "--steps", "4", "--save-steps", "1", "--fail-rank", "1",
+                  check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "rank 1 of 2: RuntimeError: injected failure at step 2" in done.stderr, done.stderr
+    # the last complete checkpoint is there and loads
+    from numpyllm.checkpoint import load_model
+
+    assert load_model(tmp_path / "run/checkpoint-1") is not None
+
+
+def test_a_killed_rank_ends_the_job(tmp_path):
+    done = mpirun(tmp_path / "run", "--steps", "4", "--kill-rank", "1", check=False)
+    assert done.returncode != 0  # and within TIMEOUT: subprocess.run raises otherwise
+
+
+def test_a_single_process_has_no_mpi(monkeypatch):
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched_world_size() == 1
+    world = world_for(None)
+    assert type(world) is SingleProcess and world.size == 1 and not world.distributed
+    assert type(world_for("none")) is SingleProcess
+    with pytest.raises(ValueError, match="ddp_backend"):
+        world_for("nccl")
+
+
+def test_the_command_line_trains_over_two_ranks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", "train", "--preset", "tiny",
+               "--tokenizer", "char", "--max-steps", "3", "--per-device-train-batch-size", "2",
+               "--output-dir", str(tmp_path / "run"), "--disable-tqdm"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ranks       2 MPI processes, 2 rows each of a 4-row batch") == 1
+    assert (tmp_path / "run/checkpoint-3/model.safetensors").is_file()
