@@ -17,7 +17,7 @@ than the default 5e-4). Here:
 2. the last checkpoint is loaded back from disk, as you would load a pretrained model;
 3. fine-tuning: three epochs of the article's settings on a text the script makes up,
    simple sentences like "The cat sees a blue car at night." The loss on held-out
-   sentences of that text falls from about 5.2 to about 0.6 nats per token; the loss on
+   sentences of that text falls from about 5.2 to 0.4-0.6 nats per token; the loss on
    Python's help pages rises (the model forgets what it no longer sees).
 
     python examples/fine_tuning.py [--pretrain-steps 300] [--sentences 1000] [--epochs 3]
