@@ -13,7 +13,7 @@ from numpyllm.nn.linear import Linear
 class ModelKind:
     """What the adapter format needs to know about one model class."""
 
-    name: str  # the Hugging Face model_type: "gpt2", "bert", "t5"
+    name: str  # the Hugging Face model_type: "gpt2", "bert", "t5", "llama"
     task_type: str | None  # PEFT's task type for the usual head
     default_targets: tuple[str, ...]  # PEFT's defaults for the architecture
     hf_module: str  # numpyllm.hf module with ``tensor_map(config)``
@@ -23,6 +23,7 @@ KINDS = {
     "GPT": ModelKind("gpt2", "CAUSAL_LM", ("c_attn",), "numpyllm.hf.gpt2"),
     "BERT": ModelKind("bert", None, ("query", "value"), "numpyllm.hf.bert"),
     "T5": ModelKind("t5", "SEQ_2_SEQ_LM", ("q", "v"), "numpyllm.hf.t5"),
+    "Llama": ModelKind("llama", "CAUSAL_LM", ("q_proj", "v_proj"), "numpyllm.hf.llama"),
 }
 
 

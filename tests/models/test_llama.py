@@ -318,3 +318,20 @@ def test_bad_inputs_raise_as_gpt_does():
     with pytest.raises(ValueError, match="dlogits must have shape"):
         model(np.array([[1, 2]]))
         model.backward(np.zeros((1, 3, 11)))
+
+
+def test_lora_adapters_on_the_attention_projections():
+    from numpyllm import peft
+
+    model = float64_model()
+    ids = np.random.default_rng(8).integers(0, 11, (2, 6))
+    base = model(ids).logits
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4,
+                                                      target_modules=["q_proj", "v_proj"]))
+    trainable = {n: p for n, p in lora.named_parameters() if p.requires_grad}
+    # per layer: q (8 -> 8) and v (8 -> 4), each r (in + out)
+    assert sum(p.size for p in trainable.values()) == 2 * 2 * ((8 + 8) + (8 + 4))
+    out = lora(ids, labels=ids)
+    np.testing.assert_allclose(out.logits, base, atol=1e-12)  # B = 0: the base model at first
+    lora.backward()
+    assert all(p.grad is not None and np.any(p.grad) for n, p in trainable.items() if "lora_B" in n)
