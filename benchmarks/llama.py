@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks.common import CONFIGS, QUICK_CONFIGS, BenchConfig, alternate, summary
 from benchmarks.common import torch_available as transformers_available  # checked below
+from benchmarks.train import _one_thread
 
 LR, WEIGHT_DECAY = 3e-4, 0.1
 ATTENTION = ("eager", "sdpa")
@@ -72,6 +73,8 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int):
 
     model = nl.Llama(llama_config(cfg), rng=np.random.default_rng(0))
     model.num_threads = threads  # the same core budget as BLAS and torch
+    if threads == 1:
+        model.blas_threads = 1
     opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     opt.num_threads = threads
 
@@ -142,10 +145,18 @@ def run_speed(configs: dict[str, BenchConfig], threads: int, rounds: int,
                 check[f"loss_gap_{attention}"] = _loss_gap(model, ids, theirs, tids)
                 train_sides[f"hf_{attention}"] = t_train
                 forward_sides[f"hf_{attention}"] = t_forward
-        for kind, sides in (("train", train_sides), ("forward", forward_sides)):
-            times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
+        # Per core, as the GPT rows' "one thread": numpyllm unsplit on one BLAS thread, torch
+        # on one thread; no split over the cores (and no thread pool's spinning) hides anything.
+        _, one_thread_train, _ = _numpyllm_side(cfg, ids, 1)
+        one_thread_sides = {**train_sides, "numpyllm": one_thread_train}
+        kinds = (("train", train_sides, "", contextlib.nullcontext),
+                 ("train", one_thread_sides, ", one thread", lambda: _one_thread(threads)),
+                 ("forward", forward_sides, "", contextlib.nullcontext))  # fmt: skip
+        for kind, sides, variant, limit in kinds:
+            with limit():
+                times = alternate(sides, rounds, warmup=2, min_seconds=sample_seconds)
             rows.append({
-                "section": "llama", "name": f"llama {kind} {cfg.name}", "unit": "tokens/s",
+                "section": "llama", "name": f"llama {kind} {cfg.name}{variant}", "unit": "tokens/s",
                 "higher_is_better": True, "config": vars(cfg),
                 "values": _rates(times, cfg.batch * cfg.seq), **check,
             })  # fmt: skip
