@@ -154,7 +154,7 @@ def language_model_labels(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@settings(max_examples=8)
+@settings(max_examples=6)
 @given(case=llama_cases())
 def test_logits_loss_and_gradients_match(precision, case):
     family, cfg, ids, mask, seed = case
@@ -188,7 +188,7 @@ def test_logits_loss_and_gradients_match(precision, case):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(case=llama_cases(max_batch=2, padded=False), new_tokens=st.integers(1, 6))
 def test_greedy_generation_matches(precision, case, new_tokens):
     """Exactly the tokens of transformers' greedy ``generate`` (with its KV cache), and each
