@@ -21,9 +21,8 @@ from functools import partial
 
 import numpy as np
 
-from benchmarks.common import CONFIGS, QUICK_CONFIGS, BenchConfig, alternate, summary
+from benchmarks.common import CONFIGS, QUICK_CONFIGS, BenchConfig, alternate, one_thread, summary
 from benchmarks.common import torch_available as transformers_available  # checked below
-from benchmarks.train import _one_thread
 
 LR, WEIGHT_DECAY = 3e-4, 0.1
 ATTENTION = ("eager", "sdpa")
@@ -150,7 +149,7 @@ def run_speed(configs: dict[str, BenchConfig], threads: int, rounds: int,
         _, one_thread_train, _ = _numpyllm_side(cfg, ids, 1)
         one_thread_sides = {**train_sides, "numpyllm": one_thread_train}
         kinds = (("train", train_sides, "", contextlib.nullcontext),
-                 ("train", one_thread_sides, ", one thread", lambda: _one_thread(threads)),
+                 ("train", one_thread_sides, ", one thread", lambda: one_thread(threads)),
                  ("forward", forward_sides, "", contextlib.nullcontext))  # fmt: skip
         for kind, sides, variant, limit in kinds:
             with limit():
