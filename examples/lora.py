@@ -12,10 +12,11 @@
    in Hugging Face peft's format.
 
 With the defaults (measured on an AMD EPYC, 2 cores): full fine-tuning takes the new
-sentences' held-out loss from 5.15 to about 0.6 nats per token and the help pages' from 5.1
-to 9.5 (it forgets them); LoRA trains 6% of the parameters, goes part of the way, to about
-3.0, forgets much less, takes less time and memory, and saves a 0.1 MiB adapter instead of a
-2 MiB model. A rank-8 update of a model this small cannot match every weight moving; on a
+sentences' held-out loss from 5.17 to 0.58 nats per token and the help pages' from 5.10 to
+9.47 (it forgets them); LoRA trains 5.8% of the parameters and goes part of the way, to
+3.07, forgets much less (help pages 6.32), trains in 20 s instead of 29 s with a lower
+memory peak (6.6 MiB traced against 8.5), and saves a 131 KiB adapter instead of a 2 MiB
+model. A rank-8 update of a model this small cannot match every weight moving; on a
 task closer to what the model already knows, or a larger model, the gap narrows.
 
     python examples/lora.py [--pretrain-steps 300] [--sentences 1000] [--epochs 3]
