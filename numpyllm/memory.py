@@ -455,7 +455,7 @@ def _gpt_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list
     u = B * T * d * s
     drop = cfg.dropout > 0
     rows_per_part = math.ceil(B / threads)
-    from numpyllm.models.gpt import BLOCKS, BLOCKS_RECOMPUTE  # the model's own block sizes
+    from numpyllm.nn.execution import BLOCKS, BLOCKS_RECOMPUTE  # the passes' block sizes
 
     blocks = BLOCKS_RECOMPUTE if recompute else BLOCKS
     elements = blocks.attention_elements

@@ -110,7 +110,7 @@ class Trainer:
             if not hasattr(model, "recompute_activations"):
                 raise ValueError(
                     f"gradient_checkpointing: {type(model).__name__} cannot recompute its "
-                    "activations (GPT can)"
+                    "activations (GPT, BERT and T5 can)"
                 )
             model.recompute_activations = True
         self.model = model

@@ -46,7 +46,7 @@ class TrainingArguments:
     seq_len                       tokens per row for language-model data (None = the model's
                                   context length, ``model.config.max_seq_len``)
     gradient_checkpointing        recompute each block's activations in the backward instead
-                                  of keeping them (GPT's ``recompute_activations``): about
+                                  of keeping them (the model's ``recompute_activations``): about
                                   half the peak memory, for about a third more arithmetic
     ignore_memory_check           train even when the estimated peak memory of a step
                                   (``numpyllm.memory_report``) exceeds the memory available;

@@ -346,7 +346,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     add(
         "--gradient-checkpointing",
         action="store_true",
-        help="recompute each block's activations in the backward (GPT): about half the "
+        help="recompute each block's activations in the backward: about half the "
         "training memory, for about a third more arithmetic",
     )
     add(

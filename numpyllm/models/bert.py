@@ -62,7 +62,7 @@ here and uniform attention in Hugging Face (both meaningless).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -78,15 +78,9 @@ from numpyllm.functional.losses import (
 )
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import (
-    SplitModel,
-    backward_in_parts,
-    forward_in_parts,
-    split_parts,
-)
 from numpyllm.nn import init
 from numpyllm.nn.attention import MultiHeadAttention
-from numpyllm.nn.blas import limit_small_passes
+from numpyllm.nn.execution import Model, run_forward
 from numpyllm.nn.feed_forward import ACTIVATIONS, FeedForward, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
@@ -247,7 +241,7 @@ class BertLayer(Module):
         return ds1 + dx_attn  # residual + attention branch
 
 
-class BERT(SplitModel):
+class BERT(Model):
     """BERT encoder with a masked-LM head and a sequence-classification head (see the module
     docstring for the maths and the parameter names). ``forward(..., head="mlm")`` or
     ``head="classification"`` chooses the head; the other head's parameters get no gradient."""
@@ -271,8 +265,9 @@ class BERT(SplitModel):
         self.classifier_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.classifier = Linear(d, config.num_labels, rng=rng, std=std)
         self._cache: dict[str, Any] | None = None
-        self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
+
+    def repeated_blocks(self) -> list[Module]:
+        return list(self.encoder)
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids) -> np.ndarray:
@@ -360,15 +355,6 @@ class BERT(SplitModel):
         raise TypeError(f"classification labels must be integers or floats, got {labels.dtype}")
 
     # ---- forward / backward ----------------------------------------------------------
-    # BLAS threads in an unsplit forward/backward: "auto" runs small passes on one thread
-    # (see numpyllm.nn.blas), an int or None sets it.
-    blas_threads: int | Literal["auto"] | None = "auto"
-    # A batch of B >= 2 rows is split in min(num_threads, B) parts computed at once, one
-    # thread each (numpyllm.models.split); "auto" = the cores this process may use, for
-    # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel).
-    num_threads: int | Literal["auto"] = "auto"
-
-    @limit_small_passes
     def forward(
         self,
         input_ids: np.ndarray,
@@ -390,7 +376,6 @@ class BERT(SplitModel):
         B, T = ids.shape
         types = self._check_token_types(token_type_ids, (B, T))
         mask = self._key_mask(attention_mask, (B, T))
-        counts = None
         if labels is not None and head == "mlm":
             labels = self._check_mlm_labels(labels, (B, T))
         elif labels is not None:
@@ -401,15 +386,11 @@ class BERT(SplitModel):
                     f"for class ids or regression, ({B}, num_labels) for multi-label; got "
                     f"{labels.shape}"
                 )
-        self._cache = self._parts = None
-        parts = split_parts(self, B, B * T)
-        if len(parts) > 1:
-            if labels is not None:  # mlm: a mean over scored tokens; classification: over rows
-                scored = labels != IGNORE_INDEX if head == "mlm" else np.ones(B, dtype=bool)
-                counts = [int(np.count_nonzero(scored[rows])) for rows in parts]
-            inputs = {"ids": ids, "labels": labels, "mask": mask, "types": types}
-            return forward_in_parts(self, parts, inputs, counts, head=head)
-        return self._forward(ids, labels, mask, types, head)
+        self._cache = None
+        # the loss is a mean over scored tokens (mlm), or over rows (classification)
+        scored = labels != IGNORE_INDEX if labels is not None and head == "mlm" else None
+        inputs = {"ids": ids, "labels": labels, "mask": mask, "types": types}
+        return run_forward(self, inputs, batch=B, tokens=B * T, scored=scored, head=head)
 
     def _forward(
         self,
@@ -453,11 +434,10 @@ class BERT(SplitModel):
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, pooler_output=pooled)
 
-    @limit_small_passes
-    def backward(self, dlogits: np.ndarray | None = None) -> None:
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
         """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward.
 
-        Starts from dloss = 1 on the last call's loss, or from ``dlogits`` if given.
+        Starts from dloss (1 by default) times the last call's loss, or from ``dlogits``.
         mlm head, with u = x_L W_t + b_t, a = act(u), n = LN_mlm(a), logits = n E^T + b_mlm:
             dE += dlogits^T n   (the tied decoder),  db_mlm = sum dlogits,  dn = dlogits E,
             then back through LN_mlm, act and the dense layer into dx_L.
@@ -465,13 +445,6 @@ class BERT(SplitModel):
             dx_L[:, 0] = dz W_pool^T and dx_L[:, 1:] = 0.
         Then back through the blocks in reverse and into the embedding tables.
         """
-        if self._parts is not None:
-            backward_in_parts(self, dlogits)
-        else:
-            self._backward(dlogits)
-
-    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
-        """``backward`` of an unsplit forward, from ``dlogits`` or from dloss * the loss."""
         cache = self._cache
         if cache is None:
             raise RuntimeError("BERT.backward called without a preceding forward (or twice)")

@@ -23,10 +23,8 @@ only: its ``backward`` raises.
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -35,39 +33,22 @@ from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_for
 from numpyllm.models import checks
 from numpyllm.models.gpt_decoding import GPTDecoder
 from numpyllm.models.output import ModelOutput
-from numpyllm.nn.blas import blas_threads, threads_for_pass
+from numpyllm.nn.execution import (
+    BLOCKS,
+    BlockSizes,
+    Model,
+    attention_row_blocks,
+    row_blocks,
+    run_forward,
+)
 from numpyllm.nn.feed_forward import ACTIVATIONS, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList, forward_cache
 from numpyllm.nn.norms import Dropout, LayerNorm
-from numpyllm.nn.parallel import (
-    add_replica_gradients,
-    batch_slices,
-    part_count,
-    run_parts,
-    synced_replicas,
-    zero_replica_gradients,
-)
 
 IGNORE_INDEX = -100
 
-
-@dataclass(frozen=True)
-class BlockSizes:
-    """How much of a batch attention and the MLP take at a time, so that their largest
-    temporaries cost one block's worth: attention's score-sized arrays hold
-    rows * H * T * (P + T) elements, the MLP's (rows, d_ff)."""
-
-    attention_elements: int
-    mlp_rows: int
-
-
-# Measured on the benchmark configs (tiny / small / medium): the default blocks cost under
-# 1% of training speed against whole passes. With recomputation, the setting for memory,
-# the smaller blocks cost 12% / 7% / 2% of its speed for 36% / 22% / 5% less peak memory.
-BLOCKS = BlockSizes(attention_elements=1 << 19, mlp_rows=1024)
-BLOCKS_RECOMPUTE = BlockSizes(attention_elements=1 << 17, mlp_rows=256)
 
 KVCache = list[tuple[np.ndarray, np.ndarray]]
 
@@ -167,7 +148,7 @@ class CausalSelfAttention(Module):
         merged = np.empty((B, T, d), dtype=q.dtype)  # the heads side by side: c_proj's input
         merged_heads = merged.reshape(B, T, H, d // H).transpose(0, 2, 1, 3)  # (B, H, T, dh) view
         attn_caches: list[tuple[slice, tuple]] = []
-        for rows in _attention_row_blocks(B, self.blocks.attention_elements, H * T * k.shape[2]):
+        for rows in attention_row_blocks(B, self.blocks.attention_elements, H * T * k.shape[2]):
             # causal with T < P + T is end-aligned: query i sees keys 0 .. P + i
             out, attn_cache = attention_forward(
                 q[rows], k[rows], v[rows], causal=True, mask=None if mask is None else mask[rows]
@@ -197,19 +178,6 @@ class CausalSelfAttention(Module):
         return self.c_attn.backward_from_input(dqkv, norm.output())  # (B, T, 3d) -> (B, T, d)
 
 
-def _attention_row_blocks(batch: int, elements: int, per_row: int) -> list[slice]:
-    """Blocks of batch rows whose score arrays (per_row = H * T * (P + T) elements a row) hold
-    at most about ``elements``: attention runs block by block, so its score-sized temporaries
-    (the scores, and the probabilities and their gradient in the backward: the largest arrays
-    of a block's step) cost one block's worth, not the batch's."""
-    return _row_blocks(batch, max(1, elements // per_row))
-
-
-def _row_blocks(n: int, rows: int) -> list[slice]:
-    """0 .. n in slices of ``rows``."""
-    return [slice(start, start + rows) for start in range(0, n, rows)]
-
-
 class MLP(Module):
     """MLP(u) = act(u W_fc + b_fc) W_proj + b_proj, with W_fc (d, d_ff) and W_proj (d_ff, d)."""
 
@@ -229,27 +197,27 @@ class MLP(Module):
         self.act_forward, self.act_backward = activation_pair(activation)
         self.c_fc = Linear(d_model, d_ff, rng=rng, std=std, dtype=dtype)
         self.c_proj = Linear(d_ff, d_model, rng=rng, std=out_std, dtype=dtype)
-        self._pre: np.ndarray | None = None  # the pre-activation (B, T, d_ff)
+        self._cache: np.ndarray | None = None  # the pre-activation (B, T, d_ff)
 
-    def forward(self, x: np.ndarray, keep: bool = True) -> np.ndarray:
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """x (B, T, d) -> (B, T, d). Rows are independent, so the forward runs over blocks of
         ``blocks.mlp_rows`` rows: the activation and its temporaries (rows, d_ff) cost one
-        block's worth. Only the pre-activation is kept, and only if ``keep``: the backward
-        recomputes the activation (memory over one pass)."""
+        block's worth. Only the pre-activation is kept: the backward recomputes the
+        activation (memory over one pass)."""
         x2 = x.reshape(-1, x.shape[-1])  # (N, d)
         d_ff = self.c_fc.out_features
-        pre = np.empty((len(x2), d_ff), dtype=x2.dtype) if keep else None  # (N, d_ff)
+        pre = np.empty((len(x2), d_ff), dtype=x2.dtype)  # (N, d_ff)
         out = np.empty_like(x2)  # (N, d)
-        for r in _row_blocks(len(x2), self.blocks.mlp_rows):
-            pre_r = self.c_fc.project(x2[r], out=None if pre is None else pre[r])  # (rows, d_ff)
+        for r in row_blocks(len(x2), self.blocks.mlp_rows):
+            pre_r = self.c_fc.project(x2[r], out=pre[r])  # (rows, d_ff)
             hidden, _ = self.act_forward(pre_r)
             self.c_proj.project(hidden, out=out[r])  # (rows, d_ff) -> (rows, d)
-        self._pre = None if pre is None else pre.reshape(*x.shape[:-1], -1)
+        self._cache = pre.reshape(*x.shape[:-1], -1)
         return out.reshape(x.shape)
 
     def forward_pre(self, x: np.ndarray) -> None:
         """Only the part of the forward the backward needs: the pre-activation, kept."""
-        self._pre = self.c_fc.project(x)  # (B, T, d) -> (B, T, d_ff)
+        self._cache = self.c_fc.project(x)  # (B, T, d) -> (B, T, d_ff)
 
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the input x is rebuilt from ``norm``, which made it.
@@ -259,13 +227,13 @@ class MLP(Module):
         the (rows, d_ff) temporaries (activation, its cache, its gradient) then cost one
         block's worth, not the batch's (they are the largest arrays of a block's backward).
         """
-        pre, self._pre = forward_cache(self._pre, self), None
+        pre, self._cache = forward_cache(self._cache, self), None
         d_ff = pre.shape[-1]
         pre2 = pre.reshape(-1, d_ff)  # (N, d_ff)
         dout2 = dout.reshape(-1, dout.shape[-1])  # (N, d)
         x2 = norm.output().reshape(dout2.shape)  # (N, d)
         dx = np.empty_like(x2)
-        for r in _row_blocks(len(pre2), self.blocks.mlp_rows):
+        for r in row_blocks(len(pre2), self.blocks.mlp_rows):
             hidden, act_cache = self.act_forward(pre2[r])  # (rows, d_ff) again, and its cache
             dhidden = self.c_proj.backward_from_input(dout2[r], hidden)  # (rows, d_ff)
             del hidden  # freed before the activation's backward allocates
@@ -299,7 +267,6 @@ class Block(Module):
         )
         self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.drop_mlp = Dropout(config.dropout, rng=child_rng(rng))
-        self._saved: tuple | None = None  # (x, mask, dropout states) when the forward recomputes
 
     def forward(
         self,
@@ -307,54 +274,28 @@ class Block(Module):
         mask: np.ndarray | None = None,
         past_kv: tuple[np.ndarray, np.ndarray] | None = None,
         use_cache: bool = False,
-        recompute: bool = False,
-    ):
-        """x (B, T, d) -> (B, T, d), or (out, (k, v)) when ``use_cache``.
-
-        ``recompute``: keep only x (and the dropout Generators' states) and drop every cache;
-        the backward runs this forward again to rebuild them. One (B, T, d) array per block
-        instead of about ten, for a third more arithmetic (activation checkpointing).
-        """
-        recompute = recompute and not use_cache
-        self.attn.blocks = self.mlp.blocks = BLOCKS_RECOMPUTE if recompute else BLOCKS
-        if not recompute:
-            self._saved = None
-            return self._forward(x, mask, past_kv, use_cache)
-        drops = (self.drop_attn, self.drop_mlp)
-        states = [d.rng.bit_generator.state for d in drops]
-        y = self._forward(x, mask, keep=False)
-        for module in self.modules():  # every cache, down to the projections' inputs
-            if "_cache" in module.__dict__:
-                module._cache = None
-        self.mlp._pre = None
-        self._saved = (x, mask, states)
-        return y
-
-    def _forward(self, x, mask=None, past_kv=None, use_cache=False, keep=True):
+    ) -> Any:
+        """x (B, T, d) -> (B, T, d), or (out, (k, v)) when ``use_cache``."""
         branch = self.attn(self.ln_1(x), mask=mask, past_kv=past_kv, use_cache=use_cache)
         present = None
         if use_cache:
             branch, present = branch
         a = self.drop_attn(branch)  # (B, T, d), a fresh array
         a += x  # residual, in place: nothing caches the branch's output
-        y = self.drop_mlp(self.mlp(self.ln_2(a), keep=keep))  # (B, T, d)
+        y = self.drop_mlp(self.mlp(self.ln_2(a)))  # (B, T, d)
         y += a
         return (y, present) if use_cache else y
 
-    def _rebuild_caches(self, x: np.ndarray, mask: np.ndarray | None) -> None:
-        """The forward up to what the backward reads: the MLP's activation and output
-        projection (a third of the forward's arithmetic) are skipped, as nothing keeps them."""
+    def rebuild_caches(self, x: np.ndarray, mask: np.ndarray | None = None, *_: object) -> None:
+        """The forward up to what the backward reads, for a recomputed block: the MLP's
+        activation and output projection (a third of the forward's arithmetic) are skipped,
+        as nothing keeps them."""
         a = self.drop_attn(self.attn(self.ln_1(x), mask=mask))
         a += x
         self.mlp.forward_pre(self.ln_2(a))
         self.drop_mlp(a)  # only to draw its mask again (same Generator state); output unused
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        if self._saved is not None:  # rebuild the caches, with the same dropout masks
-            (x, mask, states), self._saved = self._saved, None
-            for drop, state in zip((self.drop_attn, self.drop_mlp), states):
-                drop.rng.bit_generator.state = state
-            self._rebuild_caches(x, mask)
         da = self.ln_2.backward(self.mlp.backward(self.drop_mlp.backward(dout), self.ln_2))
         da += dout  # straight-through path of the second residual
         dx = self.ln_1.backward(self.attn.backward(self.drop_attn.backward(da), self.ln_1))
@@ -362,37 +303,16 @@ class Block(Module):
         return dx
 
 
-class GPT(Module):
+class GPT(Model):
     """GPT-2 language model with a tied output head (see the module docstring for the maths).
 
-    ``num_threads``: a batch of B >= 2 rows is split in min(num_threads, B) parts computed
-    at once on as many threads, each with one BLAS thread (``numpyllm.nn.parallel``);
-    "auto" (the default) is the number of cores this process may use, for passes of at
-    least ``MIN_SPLIT_WORK`` tokens * d_model; 1 turns it off. Generation (``use_cache``)
-    is never split.
-
-    ``recompute_activations``: each block keeps only its input and recomputes its forward
-    in the backward (see ``Block.forward``): activation memory falls from about ten
-    (B, T, d) arrays per block to one, for about a third more arithmetic per step.
-
-    ``blas_threads``: BLAS threads inside an unsplit ``forward`` / ``backward``: an int,
-    None (BLAS's own setting) or "auto" (the default): one thread when a pass is small
-    (B * T * d_model below ``numpyllm.nn.blas.SMALL_PASS``, e.g. every token of generation),
-    where a second BLAS thread costs more in hand-offs than it saves and can
-    stall for whole scheduler slices on a busy machine (see ``numpyllm.nn.blas``); BLAS's
-    own setting otherwise.
+    How a pass runs (the batch split over cores, ``num_threads``; recomputation,
+    ``recompute_activations``; BLAS threads, ``blas_threads``) is ``numpyllm.nn.execution``'s
+    business, as for every model; generation (``use_cache``) is never split.
     """
 
     #: the loss scores labels[:, 1:] against the logits before them (the model shifts)
     shifts_labels = True
-    num_threads: int | Literal["auto"] = "auto"
-    recompute_activations: bool = False
-    blas_threads: int | Literal["auto"] | None = "auto"
-
-    def _threads_for(self, batch: int, seq: int) -> int | None:
-        # Measured on 2 busy cores: d=384 x 2k tokens trained at 2.4k tokens/s on 1 thread,
-        # 0.08k on 2.
-        return threads_for_pass(self.blas_threads, batch * seq, self.config.d_model)
 
     def __init__(self, config: GPTConfig, rng: np.random.Generator | None = None) -> None:
         super().__init__()
@@ -407,9 +327,9 @@ class GPT(Module):
         self.h = ModuleList([Block(config, rng) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)
         self._cache: dict[str, Any] | None = None
-        # (models, row slices, loss weights) of a split forward
-        self._parts: tuple[list[GPT], list[slice], list[float] | None] | None = None
-        self._replicas: list[GPT] = []  # one per extra thread, made on first use
+
+    def repeated_blocks(self) -> list[Module]:
+        return list(self.h)
 
     # ---- input checks --------------------------------------------------------------
     def _check_ids(self, input_ids, past_len: int) -> np.ndarray:
@@ -522,7 +442,7 @@ class GPT(Module):
         (labels are the inputs themselves for language modelling: the shift is done here).
         Positions are P .. P + T - 1 whatever the padding (GPT-2's default ``position_ids``).
 
-        A batch of several rows is split over ``num_threads`` threads (see ``_forward_parts``).
+        A batch of several rows is split over the cores (``numpyllm.nn.execution``).
         """
         if past_key_values is not None and len(past_key_values) == 0:
             past_key_values = None
@@ -533,129 +453,20 @@ class GPT(Module):
         B, T = ids.shape
         mask = self._key_mask(attention_mask, B, past_len + T)
         targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
-        self._cache = self._parts = None
-        cached = use_cache or past_key_values is not None  # inference with a KV cache
-        threads = 1 if cached else part_count(self.num_threads, B * T, self.config.d_model)
-        parts = batch_slices(B, threads)
-        if len(parts) > 1:
-            with blas_threads(1):  # one BLAS thread per part: the parts fill the cores
-                return self._forward_parts(ids, targets, mask, parts)
-        with blas_threads(self._threads_for(B, T)):
-            return self._forward(ids, targets, mask, past_key_values, past_len, use_cache)
-
-    def backward(self, dlogits: np.ndarray | None = None) -> None:
-        """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward (see
-        ``_backward``)."""
-        if self._parts is not None:
-            with blas_threads(1):
-                self._backward_parts(dlogits)
-            return
-        cache = self._cache
-        threads = None if cache is None else self._threads_for(*cache["hidden"].shape[:2])
-        with blas_threads(threads):
-            self._backward(dlogits)
-
-    def _forward_parts(
-        self,
-        ids: np.ndarray,
-        targets: np.ndarray | None,
-        mask: np.ndarray | None,
-        parts: list[slice],
-    ) -> ModelOutput:
-        """The batch's rows split in ``parts``, computed at once by this model (the first part)
-        and one replica per other part (``numpyllm.nn.parallel``); outputs are the whole
-        batch's. Each part writes its logits into its rows of one (B, T, V) array.
-
-        The loss is the token-weighted mean of the parts' losses, L = sum_i (n_i / n) L_i,
-        so ``_backward_parts`` starts part i from dL/dL_i = n_i / n.
-        """
-        models = [self, *synced_replicas(self, self._replicas, len(parts) - 1)]
-        for replica in models[1:]:
-            object.__setattr__(replica, "recompute_activations", self.recompute_activations)
-        B, T = ids.shape
+        self._cache = None
         logits = np.empty((B, T, self.config.vocab_size), dtype=self.wte.weight.data.dtype)
-
-        def part(model: GPT, rows: slice):
-            return lambda: model._forward(
-                ids[rows],
-                None if targets is None else targets[rows],
-                None if mask is None else mask[rows],
-                logits_out=logits[rows],
-            )
-
-        try:
-            outs = run_parts([part(m, rows) for m, rows in zip(models, parts)])
-        except BaseException:
-            self._cache = None  # the first part's, which succeeded: not the batch's forward
-            raise
-        loss = weights = None
-        if targets is not None:
-            counts = [int(np.count_nonzero(targets[rows] != IGNORE_INDEX)) for rows in parts]
-            total = max(sum(counts), 1)  # every token ignored: loss 0, as unsplit
-            weights = [c / total for c in counts]
-            loss = float(sum(w * out.loss for w, out in zip(weights, outs)))
-        self._parts = (models, parts, weights)
-        hidden = np.concatenate([out.hidden_states for out in outs])  # (B, T, d)
-        return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
-
-    def _backward_parts(self, dlogits: np.ndarray | None) -> None:
-        """Each part's backward on its own thread; then the replicas' gradients are added
-        into this model's (the first part accumulated into them directly)."""
-        models, parts, weights = forward_cache(self._parts, self)
-        if dlogits is not None:
-            dlogits = np.asarray(dlogits)
-            expected = (parts[-1].stop, *forward_cache(self._cache, self)["logits_shape"][1:])
-            if dlogits.shape != expected:
-                raise ValueError(f"dlogits must have shape {expected}, got {dlogits.shape}")
-        elif weights is None:
-            raise RuntimeError(
-                "GPT.backward needs a loss: call the model with labels=..., or pass dlogits=..."
-            )
-        self._parts = None
-
-        # A replica's block gradients exist only from the start of its backward through
-        # that block until they are added into this model's, once this model (the first
-        # part) is done with the same block: about one block's worth at a time, not a
-        # whole model's. The small rest (embeddings, final LayerNorm) is added at the end.
-        blocks_done = [threading.Event() for _ in self.h]
-        adding = threading.Lock()  # two replicas never add into one gradient at once
-
-        def mark_done(i: int) -> None:
-            blocks_done[i].set()
-
-        def add_block(replica: GPT, i: int) -> None:
-            blocks_done[i].wait()
-            with adding:
-                add_replica_gradients(self.h[i], replica.h[i])
-
-        def first_part() -> None:
-            try:
-                self._backward(*start(0), after_block=mark_done)
-            finally:  # on an error, release the replicas rather than leave them waiting
-                for event in blocks_done:
-                    event.set()
-
-        def start(i: int) -> tuple[np.ndarray | None, float]:
-            if dlogits is not None:
-                return dlogits[parts[i]], 1.0  # dloss is not read when dlogits is given
-            return None, weights[i] if weights else 1.0
-
-        def replica_part(i: int):
-            replica = models[i]
-            return lambda: replica._backward(
-                *start(i),
-                before_block=lambda b: zero_replica_gradients(replica.h[b]),
-                after_block=lambda b: add_block(replica, b),
-            )
-
-        rest = [(m.wte, m.wpe, m.ln_f) for m in models]
-        for modules in rest[1:]:
-            for module in modules:
-                zero_replica_gradients(module)
-        run_parts([first_part] + [replica_part(i) for i in range(1, len(models))])
-        for modules in rest[1:]:
-            for main, replica in zip(rest[0], modules):
-                add_replica_gradients(main, replica)
+        inputs = {"ids": ids, "targets": targets, "mask": mask, "logits_out": logits}
+        return run_forward(
+            self,
+            inputs,
+            batch=B,
+            tokens=B * T,
+            scored=None if targets is None else targets != IGNORE_INDEX,
+            cached=use_cache or past_key_values is not None,  # inference with a KV cache
+            past_key_values=past_key_values,
+            past_len=past_len,
+            use_cache=use_cache,
+        )
 
     def _forward(
         self,
@@ -677,7 +488,7 @@ class GPT(Module):
         presents: KVCache | None = [] if use_cache else None
         for i, block in enumerate(self.h):
             past_kv = past_key_values[i] if past_key_values is not None else None
-            x = block(x, mask, past_kv, use_cache, self.recompute_activations)  # (B, T, d)
+            x = block(x, mask, past_kv, use_cache)  # (B, T, d)
             if presents is not None:
                 x, present = x
                 presents.append(present)
@@ -703,13 +514,7 @@ class GPT(Module):
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden, past_key_values=presents)
 
-    def _backward(
-        self,
-        dlogits: np.ndarray | None,
-        dloss: float = 1.0,
-        before_block: Callable[[int], None] | None = None,
-        after_block: Callable[[int], None] | None = None,
-    ) -> None:
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
         """Accumulate dL/dtheta into every parameter's ``.grad`` for the last forward.
 
         Starts from ``dloss`` (dL/dloss, 1 by default) on the last call's loss, or from
@@ -750,12 +555,8 @@ class GPT(Module):
         dx = (dlogits2 @ head).reshape(B, T, d)  # (B*T, V) @ (V, d) -> (B, T, d)
         del dlogits, dlogits2, hidden
         dx = self.ln_f.backward(dx)
-        for i in reversed(range(len(self.h))):
-            if before_block is not None:
-                before_block(i)
-            dx = self.h[i].backward(dx)  # (B, T, d)
-            if after_block is not None:  # (hooks for the split backward, _backward_parts)
-                after_block(i)
+        for block in reversed(self.h):
+            dx = block.backward(dx)  # (B, T, d)
         dx = self.drop.backward(dx)
         if self.wpe.weight.requires_grad:
             self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)

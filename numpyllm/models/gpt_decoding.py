@@ -33,19 +33,11 @@ import numpy as np
 from numpyllm.functional.attention import attention_inference
 from numpyllm.functional.multi_head_attention import merge_heads
 from numpyllm.functional.norms import layer_norm_inference
-from numpyllm.nn.blas import blas_threads
+from numpyllm.nn.blas import blas_threads, threads_for_step
 
 if TYPE_CHECKING:
     from numpyllm.models.gpt import GPT, Block
     from numpyllm.nn.norms import LayerNorm
-
-# Weight matrices of at least this many elements make a step use BLAS's own thread count
-# ("auto" setting). A step's matrix-vector products read every weight once and are bound by
-# memory bandwidth: once the matrices are megabytes, a second thread's bandwidth pays for
-# its wake-up. Measured here, d_model 384 (matrices of 0.6M elements): 600 us a token for
-# the products on two threads, 835 us on one; d_model 128 (65k): no gain.
-LARGE_WEIGHT = 1 << 18
-
 
 class GPTDecoder:
     """A GPT's forward for generation, with a preallocated key-value cache.
@@ -56,7 +48,7 @@ class GPTDecoder:
     model's dtype when it is made: after ``model.astype(...)``, make a new decoder.
 
     Use it as a context manager: inside, BLAS runs on the thread count the model's
-    ``blas_threads`` asks for (see ``LARGE_WEIGHT`` for "auto"); ``step`` also works
+    ``blas_threads`` asks for (see ``numpyllm.nn.blas.threads_for_step``); ``step`` also works
     outside, with BLAS as it is.
     """
 
@@ -88,11 +80,8 @@ class GPTDecoder:
         self._thread_limits.pop().__exit__(*exc_info)
 
     def _blas_threads(self) -> int | None:
-        setting = self.model.blas_threads
-        if setting != "auto":
-            return setting
         weights = [*self.model.h[0].parameters(), self.model.wte.weight]  # wte: also the head
-        return None if max(p.data.size for p in weights) >= LARGE_WEIGHT else 1
+        return threads_for_step(self.model.blas_threads, max(p.data.size for p in weights))
 
     def reset(self) -> None:
         """Forget every cached token: the next step starts again at position 0."""

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 
@@ -62,13 +61,7 @@ from numpyllm.functional.rope import rope_backward, rope_forward, rope_tables
 from numpyllm.functional.swiglu import swiglu_backward, swiglu_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import (
-    SplitModel,
-    backward_in_parts,
-    forward_in_parts,
-    split_parts,
-)
-from numpyllm.nn.blas import limit_small_passes
+from numpyllm.nn.execution import Model, run_forward
 from numpyllm.nn.linear import Embedding, Linear
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import RMSNorm
@@ -256,7 +249,6 @@ class LlamaDecoderLayer(Module):
         self.self_attn = LlamaAttention(config, rng)
         self.post_attention_layernorm = RMSNorm(config.d_model, config.rms_norm_eps)
         self.mlp = LlamaMLP(config, rng)
-        self._saved: tuple | None = None  # (x, rope, mask) when the forward recomputes
 
     def forward(
         self,
@@ -265,16 +257,8 @@ class LlamaDecoderLayer(Module):
         mask: np.ndarray | None = None,
         past_kv: tuple[np.ndarray, np.ndarray] | None = None,
         use_cache: bool = False,
-        recompute: bool = False,
     ):
-        """x (B, T, d) -> (B, T, d), or (y, (k, v)) with ``use_cache``.
-
-        ``recompute``: keep only the input and drop every cache; the backward runs the
-        forward again first (activation checkpointing: one (B, T, d) array a layer kept
-        instead of about a dozen, for a third more arithmetic). Llama has no dropout, so
-        the second forward is the first one exactly.
-        """
-        self._saved = None
+        """x (B, T, d) -> (B, T, d), or (y, (k, v)) with ``use_cache``."""
         branch = self.self_attn(self.input_layernorm(x), rope, mask, past_kv, use_cache)
         present = None
         if use_cache:
@@ -282,16 +266,9 @@ class LlamaDecoderLayer(Module):
         branch += x  # a: nothing caches the attention's output, so add in place
         y = self.mlp(self.post_attention_layernorm(branch))
         y += branch
-        if recompute and not use_cache:
-            for module in self.modules():
-                if "_cache" in vars(module):
-                    module._cache = None
-            self._saved = (x, rope, mask)
         return (y, present) if use_cache else y
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        if self._saved is not None:
-            self.forward(*self._saved)  # rebuild the caches
         da = self.post_attention_layernorm.backward(self.mlp.backward(dout))
         da += dout
         dx = self.input_layernorm.backward(self.self_attn.backward(da))
@@ -310,27 +287,18 @@ class LlamaModel(Module):
         self.norm = RMSNorm(config.d_model, config.rms_norm_eps)
 
 
-class Llama(SplitModel):
+class Llama(Model):
     """Llama causal language model (see the module docstring for the maths).
 
-    ``num_threads``: a training batch of B >= 2 rows is split in min(num_threads, B) parts
-    computed at once, one thread and one BLAS thread each (``numpyllm.models.split``);
-    "auto" = the cores this process may use, for passes of at least MIN_SPLIT_WORK tokens
-    * d_model (``numpyllm.nn.parallel``); 1 turns it off. A cached forward is never split.
-
-    ``recompute_activations``: each layer keeps only its input and recomputes its forward
-    in the backward (see ``LlamaDecoderLayer.forward``).
-
-    ``blas_threads``: BLAS threads in an unsplit pass: "auto" (small passes on one thread,
-    see ``numpyllm.nn.blas``), an int, or None.
+    How a pass runs (the batch split over cores, ``num_threads``; recomputation,
+    ``recompute_activations``; BLAS threads, ``blas_threads``) is ``numpyllm.nn.execution``'s
+    business, as for every model; a cached forward (generation) is never split.
     """
 
     config: LlamaConfig
     #: the loss scores labels[:, 1:] against the logits before them (the model shifts)
     shifts_labels = True
-    num_threads: int | Literal["auto"] = "auto"
-    recompute_activations: bool = False
-    blas_threads: int | None | str = "auto"
+
 
     def __init__(self, config: LlamaConfig, rng: np.random.Generator | None = None) -> None:
         super().__init__()
@@ -345,8 +313,9 @@ class Llama(SplitModel):
             self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, rng=rng,
                                   std=config.init_std)  # fmt: skip
         self._state: dict | None = None
-        self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
+
+    def repeated_blocks(self) -> list[Module]:
+        return list(self.model.layers)
 
     def rope(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(cos, sin) (length, dh) of positions offset .. offset + length - 1, model's dtype."""
@@ -429,7 +398,6 @@ class Llama(SplitModel):
         return targets
 
     # ---- forward / backward ----------------------------------------------------------
-    @limit_small_passes
     def forward(
         self,
         input_ids: np.ndarray,
@@ -442,7 +410,7 @@ class Llama(SplitModel):
 
         Positions are P .. P + T - 1 whatever the padding (transformers' default position
         ids when no mask is given). A batch of several rows may be split over the cores
-        (``num_threads``).
+        (``numpyllm.nn.execution``).
         """
         if past_key_values is not None and len(past_key_values) == 0:
             past_key_values = None
@@ -453,16 +421,18 @@ class Llama(SplitModel):
         B, T = ids.shape
         mask = self._key_mask(attention_mask, B, past_len + T)
         targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
-        self._state = self._parts = None
-        cached = use_cache or past_key_values is not None
-        parts = [slice(0, B)] if cached else split_parts(self, B, B * T)
-        if len(parts) > 1:
-            counts = None
-            if targets is not None:  # the loss is a mean over the scored tokens
-                counts = [int(np.count_nonzero(targets[rows] != IGNORE_INDEX)) for rows in parts]
-            inputs = {"ids": ids, "mask": mask, "targets": targets}
-            return forward_in_parts(self, parts, inputs, counts)
-        return self._forward(ids, mask, targets, past_key_values, past_len, use_cache)
+        self._state = None
+        return run_forward(
+            self,
+            {"ids": ids, "mask": mask, "targets": targets},
+            batch=B,
+            tokens=B * T,
+            scored=None if targets is None else targets != IGNORE_INDEX,
+            cached=use_cache or past_key_values is not None,  # inference with a KV cache
+            past_key_values=past_key_values,
+            past_len=past_len,
+            use_cache=use_cache,
+        )
 
     def _forward(
         self,
@@ -479,10 +449,9 @@ class Llama(SplitModel):
         rope = self.rope(past_len, T)
         x = self.model.embed_tokens(ids)  # (B, T) -> (B, T, d)
         presents: KVCache = []
-        recompute = self.recompute_activations and self.training
         for i, layer in enumerate(self.model.layers):
             past = None if past_key_values is None else past_key_values[i]
-            x = layer(x, rope, mask, past, use_cache, recompute)
+            x = layer(x, rope, mask, past, use_cache)
             if use_cache:
                 x, present = x
                 presents.append(present)
@@ -504,17 +473,9 @@ class Llama(SplitModel):
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden,
                            past_key_values=presents if use_cache else None)  # fmt: skip
 
-    @limit_small_passes
-    def backward(self, dlogits: np.ndarray | None = None) -> None:
-        """Accumulate dL/dθ into every parameter's ``.grad`` for the last forward, from its
-        loss (dL/dloss = 1) or from a given ``dlogits`` (B, T, V)."""
-        if self._parts is not None:
-            backward_in_parts(self, dlogits)
-        else:
-            self._backward(dlogits)
-
     def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
-        """``backward`` of an unsplit forward, from ``dlogits`` or from dloss times the loss."""
+        """Accumulate dL/dθ into every parameter's ``.grad`` for the last forward, from dloss
+        (1 by default) times its loss or from a given ``dlogits`` (B, T, V)."""
         state = self._state
         if state is None:
             raise RuntimeError(

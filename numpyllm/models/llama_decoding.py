@@ -32,8 +32,7 @@ import numpy as np
 from numpyllm.functional.grouped_query_attention import grouped_query_attention_inference
 from numpyllm.functional.rope import rope_forward
 from numpyllm.functional.swiglu import swiglu_inference
-from numpyllm.models.gpt_decoding import LARGE_WEIGHT
-from numpyllm.nn.blas import blas_threads
+from numpyllm.nn.blas import blas_threads, threads_for_step
 
 if TYPE_CHECKING:
     from numpyllm.models.llama import Llama, LlamaDecoderLayer
@@ -47,7 +46,7 @@ class LlamaDecoder:
     ``batch`` rows, at most ``max_len`` tokens in all (default: the model's context). It
     reads the model's parameters when it runs (current weights); its buffers take the
     model's dtype when it is made. Use it as a context manager for the model's BLAS thread
-    setting (see ``numpyllm.models.gpt_decoding.LARGE_WEIGHT`` for "auto").
+    setting (see ``numpyllm.nn.blas.threads_for_step`` for "auto").
     """
 
     def __init__(self, model: Llama, batch: int = 1, max_len: int | None = None) -> None:
@@ -82,11 +81,8 @@ class LlamaDecoder:
         self._thread_limits.pop().__exit__(*exc_info)
 
     def _blas_threads(self) -> int | None:
-        setting = self.model.blas_threads
-        if setting != "auto":
-            return None if setting is None else int(setting)
         largest = max(p.data.size for p in self.model.parameters())
-        return None if largest >= LARGE_WEIGHT else 1
+        return threads_for_step(self.model.blas_threads, largest)
 
     def reset(self) -> None:
         """Forget every cached token: the next step starts again at position 0."""

@@ -107,7 +107,6 @@ the FFN ~ N(0, f^2 / d_ff); position tables ~ N(0, f^2 / d); norm weights = 1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -116,15 +115,9 @@ from numpyllm.functional.linear import linear_backward, linear_forward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
-from numpyllm.models.split import (
-    SplitModel,
-    backward_in_parts,
-    forward_in_parts,
-    split_parts,
-)
 from numpyllm.models.t5_position_bias import RelativePositionBias, relative_position_bucket
 from numpyllm.nn.attention import MultiHeadAttention
-from numpyllm.nn.blas import limit_small_passes
+from numpyllm.nn.execution import Model, blas_for, run_forward
 from numpyllm.nn.feed_forward import FeedForward, activation_pair
 from numpyllm.nn.init import child_rng
 from numpyllm.nn.linear import Embedding, Linear
@@ -391,7 +384,7 @@ class T5Stack(Module):
         return self.embed_dropout.backward(dh), dencoder_sum
 
 
-class T5(SplitModel):
+class T5(Model):
     """T5 for conditional generation: encoder, decoder, shared embedding, language-model head."""
 
     config: T5Config
@@ -411,8 +404,9 @@ class T5(SplitModel):
         else:
             self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, rng=rng, std=f)
         self._state: dict | None = None
-        self._parts = None  # (models, row slices, loss weights, logits shape) of a split forward
-        self._replicas: list[SplitModel] = []  # one per extra thread, made on first use
+
+    def repeated_blocks(self) -> list[Module]:
+        return [*self.encoder.blocks, *self.decoder.blocks]
 
     # ---- input checks ----------------------------------------------------------------
     def _check_ids(self, name: str, ids) -> np.ndarray:
@@ -467,16 +461,6 @@ class T5(SplitModel):
     def _embed(self, ids: np.ndarray) -> tuple[np.ndarray, tuple]:
         return embedding_forward(ids, self.shared.weight.data)  # (B, T) -> (B, T, d)
 
-    # BLAS threads in encode and an unsplit forward/backward: "auto" runs small passes on one
-    # thread (see numpyllm.nn.blas), an int or None sets it.
-    blas_threads: int | Literal["auto"] | None = "auto"
-    # A training batch of B >= 2 rows is split in min(num_threads, B) parts computed at once,
-    # one thread each (numpyllm.models.split); "auto" = the cores this process may use, for
-    # passes of at least MIN_SPLIT_WORK tokens * d_model (numpyllm.nn.parallel). A
-    # forward with past_key_values or use_cache (generation) is never split.
-    num_threads: int | Literal["auto"] = "auto"
-
-    @limit_small_passes
     def encode(self, input_ids, attention_mask=None) -> np.ndarray:
         """The encoder's output (B, T, d) for input_ids (B, T); attention_mask (B, T), 1 = token.
 
@@ -486,11 +470,11 @@ class T5(SplitModel):
         ids = self._check_ids("input_ids", input_ids)
         mask = self._check_mask("attention_mask", attention_mask, ids.shape)
         self._state = None
-        emb, _ = self._embed(ids)  # (B, T, d)
-        enc, _ = self.encoder(emb, mask=mask)
+        with blas_for(self, ids.size):
+            emb, _ = self._embed(ids)  # (B, T, d)
+            enc, _ = self.encoder(emb, mask=mask)
         return enc
 
-    @limit_small_passes
     def forward(
         self,
         input_ids=None,
@@ -511,7 +495,7 @@ class T5(SplitModel):
         the module docstring (inference only).
         """
         cfg = self.config
-        self._state = self._parts = None
+        self._state = None
         ids = enc = None
         if encoder_outputs is None:
             if input_ids is None:
@@ -547,17 +531,15 @@ class T5(SplitModel):
             decoder_attention_mask,
             (batch, past_length + dec_ids.shape[1]),
         )
-        # the pass's size for the split: its longer stack's (each op sees one stack's rows)
-        tokens = batch * max(dec_ids.shape[1], 0 if ids is None else ids.shape[1])
-        parts = [slice(0, batch)] if cached else split_parts(self, batch, tokens)
-        if len(parts) > 1:
-            counts = None
-            if labels is not None:  # the loss is a mean over the scored target tokens
-                counts = [int(np.count_nonzero(labels[rows] != IGNORE_INDEX)) for rows in parts]
-            inputs = {"ids": ids, "enc": enc, "enc_mask": enc_mask, "dec_ids": dec_ids,
-                      "dec_mask": dec_mask, "labels": labels}  # fmt: skip
-            return forward_in_parts(self, parts, inputs, counts)
-        return self._forward(ids, enc, enc_mask, dec_ids, dec_mask, labels, past, use_cache)
+        # the pass's size: its longer stack's (each op sees one stack's rows)
+        source = ids if enc is None else enc
+        encoder_length = 0 if source is None else source.shape[1]
+        tokens = batch * max(dec_ids.shape[1], encoder_length)
+        inputs = {"ids": ids, "enc": enc, "enc_mask": enc_mask, "dec_ids": dec_ids,
+                  "dec_mask": dec_mask, "labels": labels}  # fmt: skip
+        scored = None if labels is None else labels != IGNORE_INDEX  # the loss's tokens
+        return run_forward(self, inputs, batch=batch, tokens=tokens, scored=scored,
+                           cached=cached, past=past, use_cache=use_cache)  # fmt: skip
 
     def _forward(
         self,
@@ -617,21 +599,13 @@ class T5(SplitModel):
         )
 
     # ---- backward ----------------------------------------------------------------------
-    @limit_small_passes
-    def backward(self, dlogits: np.ndarray | None = None) -> None:
-        """Fill every parameter's ``.grad`` (+=) from the last forward's loss (dloss = 1),
-        or from a given ``dlogits`` (B, S, V).
+    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
+        """Fill every parameter's ``.grad`` (+=) from dloss (1 by default) times the last
+        forward's loss, or from a given ``dlogits`` (B, S, V).
 
         When the last forward was given ``encoder_outputs``, the gradient stops at the
         encoder output (the encoder did not run in that call).
         """
-        if self._parts is not None:
-            backward_in_parts(self, dlogits)
-        else:
-            self._backward(dlogits)
-
-    def _backward(self, dlogits: np.ndarray | None, dloss: float = 1.0) -> None:
-        """``backward`` of an unsplit forward, from ``dlogits`` or from dloss * the loss."""
         state = self._state
         if state is None:
             raise RuntimeError("T5.backward needs a forward call first (one backward per forward)")

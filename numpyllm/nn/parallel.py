@@ -155,6 +155,8 @@ def synced_replicas(module: ModuleT, kept: list[ModuleT], count: int) -> list[Mo
     while len(kept) < count:
         replica = replicate(module)
         object.__setattr__(replica, "_replicas", [])  # not the module's list: a replica has none
+        for p in replica.parameters():  # made when a backward needs them
+            free_gradient(p)
         kept.append(replica)
     replicas = kept[:count]
     for replica in replicas:
@@ -175,4 +177,10 @@ def add_replica_gradients(module: Module, replica: Module) -> None:
     for p, r in zip(module.parameters(), replica.parameters(), strict=True):
         if r.requires_grad:
             p.grad += r.grad
-            r.grad = None  # type: ignore[assignment]  # freed until zero_replica_gradients
+            free_gradient(r)
+
+
+def free_gradient(p: Parameter) -> None:
+    """Drop ``p``'s gradient array: a replica holds none between its passes (until
+    ``zero_replica_gradients``)."""
+    p.grad = None  # type: ignore[assignment]

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numpyllm.models import gpt_decoding
 from numpyllm.models.gpt import GPT, GPTConfig
 from numpyllm.models.gpt_decoding import GPTDecoder
+from numpyllm.nn import blas
 from tests.models.strategies import small_gpt_configs
 
 F64_TOL = dict(rtol=1e-10, atol=1e-10)
@@ -268,20 +268,20 @@ def test_auto_blas_threads_is_one_for_a_small_model_and_blas_own_for_a_large_one
     assert largest_block_weight(cfg) == 320
     decoder = model.incremental_decoder()
     assert decoder._blas_threads() == 1
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 321)
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 321)
     assert decoder._blas_threads() == 1
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 320)  # >= LARGE_WEIGHT: BLAS's own
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 320)  # >= LARGE_WEIGHT: BLAS's own
     assert decoder._blas_threads() is None
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 8)
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 8)
     assert decoder._blas_threads() is None
 
 
 def test_auto_blas_threads_counts_the_tied_head(monkeypatch):
     cfg = tiny_config(d_model=8, d_ff=40, vocab_size=400)  # wte / head: 3200 elements
     decoder = make_model(cfg).incremental_decoder()
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 3200)  # above every block weight
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 3200)  # above every block weight
     assert decoder._blas_threads() is None
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 3201)
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 3201)
     assert decoder._blas_threads() == 1
 
 
@@ -291,7 +291,7 @@ def test_explicit_blas_threads_setting_is_used_as_it_is(monkeypatch, setting):
     model.blas_threads = setting
     decoder = model.incremental_decoder()
     assert decoder._blas_threads() == setting
-    monkeypatch.setattr(gpt_decoding, "LARGE_WEIGHT", 1)  # would be None under "auto"
+    monkeypatch.setattr(blas, "LARGE_WEIGHT", 1)  # would be None under "auto"
     assert decoder._blas_threads() == setting
 
 

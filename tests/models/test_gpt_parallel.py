@@ -378,14 +378,15 @@ def test_attention_and_mlp_in_blocks_of_rows_match_one_block(monkeypatch):
     """Attention and the MLP run over blocks of rows; loss and gradients are the one-block
     ones, with the default blocks and with the recompute ones."""
     from numpyllm.models import gpt
+    from numpyllm.nn import execution
 
     ids = np.random.default_rng(0).integers(0, VOCAB, size=(3, 7))
     reference = run(make_model(), 1, ids, ids)
     for rows in (1, 2, 5):
         blocks = gpt.BlockSizes(attention_elements=rows * 2 * 7 * 7, mlp_rows=rows)  # H=2, T=7
-        monkeypatch.setattr(gpt, "BLOCKS", blocks)
+        monkeypatch.setattr(execution, "BLOCKS", blocks)
         recompute_blocks = gpt.BlockSizes(attention_elements=1, mlp_rows=rows + 1)
-        monkeypatch.setattr(gpt, "BLOCKS_RECOMPUTE", recompute_blocks)
+        monkeypatch.setattr(execution, "BLOCKS_RECOMPUTE", recompute_blocks)
         assert_same(run(make_model(), 1, ids, ids), reference)
         recomputing = make_model()
         recomputing.recompute_activations = True

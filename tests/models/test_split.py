@@ -1,4 +1,4 @@
-"""BERT and T5 with their batch split over threads (``num_threads``, numpyllm.models.split)
+"""BERT and T5 with their batch split over threads (``num_threads``, numpyllm.nn.execution)
 compute what one thread computes: the same loss, outputs and gradients, whatever the split,
 the padding and the label mask; replicas share the model's arrays; errors still surface."""
 
@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numpyllm.models.bert import BERT, BertConfig
-from numpyllm.models.split import split_parts
 from numpyllm.models.t5 import T5, T5Config
 from numpyllm.nn import parallel
+from numpyllm.nn.execution import split_parts
 from numpyllm.nn.parallel import batch_slices
 
 VOCAB = 11
@@ -688,3 +688,20 @@ def test_t5_encode_after_a_split_forward_leaves_nothing_to_go_back_through():
         with pytest.raises(RuntimeError, match="forward"):
             model.backward()
         assert all(not np.any(p.grad) for p in model.parameters())
+
+
+# ---- 11. recomputed activations ------------------------------------------------------------------
+@pytest.mark.parametrize("model_kind", ["bert", "t5"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_recomputed_activations_give_the_stored_ones_exactly(model_kind, threads):
+    """recompute_activations (the execution layer's, as GPT's) replays every dropout mask."""
+    rng = np.random.default_rng(25)
+    inputs = labelled_batch(model_kind, rng, 5, mask=True)
+    results = []
+    for recompute in (False, True):
+        model = make_model(model_kind, 25, dropout=0.3)
+        model.recompute_activations = recompute
+        results.append([run(model, threads, **inputs) for _ in range(2)])
+    for stored, recomputed in zip(*results):
+        assert_same(recomputed, stored, FIELDS[model_kind], exact=True)
+    assert results[1][0][0].loss != results[1][1][0].loss  # fresh masks each step
