@@ -1,6 +1,6 @@
 """python -m benchmarks [--quick] [--threads N] [--only SECTION] [--rounds R]
 
-SECTION: ops, train, generate, memory, load, llama or long.
+SECTION: ops, train, generate, memory, load, llama, long or mpi.
 
 Prints a Markdown table of numpyllm against PyTorch eager (and transformers' generate) and
 writes the JSON to benchmarks/results/. torch is optional: without it only numpyllm's columns
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-SECTIONS = ("ops", "train", "generate", "memory", "load", "llama", "long")
+SECTIONS = ("ops", "train", "generate", "memory", "load", "llama", "long", "mpi")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import long_context
 
             rows += long_context.run(args.threads, min(rounds, 3))
+        elif section == "mpi":
+            if args.quick:  # process launches: never part of the quick run
+                continue
+            from benchmarks import distributed
+
+            mpi_configs = {k: v for k, v in configs.items() if k != "tiny"}
+            rows += distributed.run(mpi_configs, min(rounds, 3))
         print(
             f"  {section} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -103,13 +104,16 @@ class MPIWorld(SingleProcess):
         self.comm: Any = MPI.COMM_WORLD
         self.rank = int(self.comm.Get_rank())
         self.size = int(self.comm.Get_size())
-        self.bytes_sent = 0  # gradient bytes handed to Allreduce, for the benchmarks
+        self.bytes_reduced = 0  # gradient bytes handed to Allreduce (for the benchmarks)
+        self.seconds_reducing = 0.0  # time spent in those Allreduce calls
 
     def allreduce_sum(self, buffer: np.ndarray) -> None:
         if not buffer.flags.c_contiguous:
             raise ValueError("allreduce_sum needs a contiguous buffer")
+        start = time.perf_counter()
         self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
-        self.bytes_sent += buffer.nbytes
+        self.seconds_reducing += time.perf_counter() - start
+        self.bytes_reduced += buffer.nbytes
 
     def sum_values(self, values: Sequence[float]) -> np.ndarray:
         summed = np.asarray(values, dtype=np.float64).copy()

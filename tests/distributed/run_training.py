@@ -117,6 +117,8 @@ def main() -> None:
         print(f"rank {rank} writes: {len(watch.writes)} {watch.writes[:3]}", flush=True)
     else:
         print(f"rank 0 done at step {metrics['global_step']}", flush=True)
+    if metrics["interrupted"]:
+        raise SystemExit(130)
 
 
 if __name__ == "__main__":
