@@ -183,4 +183,4 @@ def add_replica_gradients(module: Module, replica: Module) -> None:
 def free_gradient(p: Parameter) -> None:
     """Drop ``p``'s gradient array: a replica holds none between its passes (until
     ``zero_replica_gradients``)."""
-    p.grad = None  # type: ignore[assignment]
+    p.grad = None  # type: ignore[assignment]  # no array until zero_replica_gradients
