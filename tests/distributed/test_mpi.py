@@ -7,6 +7,7 @@ installs); without them they are skipped with that reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,21 @@ SCRIPT = Path(run_training.__file__)
 TIMEOUT = 60  # seconds: a hung job fails the test instead of hanging the suite
 
 
+def run_job(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run an MPI job in a session of its own; whatever happens, none of its processes
+    outlives the test (a timed-out mpiexec may leave its ranks running otherwise)."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def mpirun(out: Path, *args: str, ranks: int = 2, check: bool = True):
     env = {
         **os.environ,
@@ -41,7 +57,7 @@ def mpirun(out: Path, *args: str, ranks: int = 2, check: bool = True):
         "OPENBLAS_NUM_THREADS": "1",
     }
     command = [MPIEXEC, "-n", str(ranks), sys.executable, str(SCRIPT), str(out), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    done = run_job(command, env)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -159,12 +175,16 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_saves_it(tmp_path):
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
     )
     deadline = time.monotonic() + TIMEOUT
-    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
-        assert time.monotonic() < deadline and process.poll() is None, "training never started"
-        time.sleep(0.2)
-    # Ctrl-C in a terminal: SIGINT to the whole foreground process group (mpiexec, ranks)
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=TIMEOUT)
+    try:
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and process.poll() is None, "never started"
+            time.sleep(0.2)
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group (mpiexec, ranks)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0  # interrupted
     saved = sorted(out.glob("checkpoint-*"))
     assert len(saved) == 1, stderr.decode()
@@ -190,7 +210,7 @@ def test_the_command_line_trains_over_two_ranks(tmp_path):
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", "train", "--preset", "tiny",
                "--tokenizer", "char", "--max-steps", "3", "--per-device-train-batch-size", "2",
                "--output-dir", str(tmp_path / "run"), "--disable-tqdm"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    done = run_job(command, env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ranks       2 MPI processes, 2 rows each of a 4-row batch") == 1
     assert (tmp_path / "run/checkpoint-3/model.safetensors").is_file()
