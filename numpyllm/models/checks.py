@@ -91,3 +91,45 @@ def token_ids(ids: Any, vocab_size: int, name: str = "input_ids", labels: bool =
             )
         raise ValueError(f"token id {value} in {name} is out of range for vocab_size {vocab_size}")
     return ids
+
+
+def padding_mask(attention_mask: Any, batch: int, total: int) -> np.ndarray | None:
+    """attention_mask (B, P + T), 1 = real token, 0 = padding -> boolean (B, 1, 1, P + T), the
+    same for every head and query; None when nothing is padded (attention then skips it)."""
+    if attention_mask is None:
+        return None
+    keep = np.asarray(attention_mask)
+    if keep.shape != (batch, total):
+        raise ValueError(
+            f"attention_mask must have shape (batch, past + seq_len) = {(batch, total)}, "
+            f"got {keep.shape}"
+        )
+    keep = keep.astype(bool, copy=False)
+    return None if keep.all() else keep[:, None, None, :]
+
+
+def shifted_targets(labels: Any, shape: tuple[int, int], vocab_size: int) -> np.ndarray:
+    """A causal language model's targets: targets[:, t] = labels[:, t + 1], and IGNORE_INDEX
+    at the last position.
+
+    Equivalent to Hugging Face's loss on logits[:, :-1] vs labels[:, 1:] (the last position
+    has no next token), without slicing (copying) the (B, T, V) logits.
+
+    ``labels`` may also hold one more column than ``input_ids``: the window's next token
+    (B, T + 1). Then the last position has a target too, which training needs: with (B, T)
+    labels and T = max_seq_len, no loss ever reaches the last position.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    B, T = shape
+    if labels.shape not in ((B, T), (B, T + 1)):
+        raise ValueError(
+            f"labels must have the shape of input_ids {shape}, or (B, T + 1) with the "
+            f"window's next token, got {labels.shape}"
+        )
+    token_ids(labels, vocab_size, "labels", labels=True)
+    targets = np.full(shape, IGNORE_INDEX, dtype=np.int64)  # (B, T)
+    targets[:, : labels.shape[1] - 1] = labels[:, 1:]
+    return targets
+

@@ -381,52 +381,6 @@ class GPT(Model):
             past_len = k.shape[2]
         return 0 if past_len is None else int(past_len)
 
-    def _key_mask(self, attention_mask, batch: int, total: int) -> np.ndarray | None:
-        """attention_mask (B, P + T), 1 = real token, 0 = padding -> boolean (B, 1, 1, P + T),
-        or None when nothing is padded (so attention skips the mask entirely)."""
-        if attention_mask is None:
-            return None
-        keep = np.asarray(attention_mask)
-        if keep.shape != (batch, total):
-            raise ValueError(
-                f"attention_mask must have shape (batch, past + seq_len) = {(batch, total)}, "
-                f"got {keep.shape}"
-            )
-        keep = keep.astype(bool, copy=False)
-        if keep.all():
-            return None
-        return keep[:, None, None, :]  # (B, P + T) -> (B, 1, 1, P + T): same for every head/query
-
-    def _shifted_targets(self, labels, shape: tuple[int, int]) -> np.ndarray:
-        """targets[:, t] = labels[:, t + 1], and IGNORE_INDEX at the last position.
-
-        Equivalent to Hugging Face's loss on logits[:, :-1] vs labels[:, 1:] (the last position
-        has no next token), without slicing (copying) the (B, T, V) logits.
-
-        ``labels`` may also hold one more column than ``input_ids``: the window's next token
-        (B, T + 1). Then the last position has a target too, which training needs: with
-        (B, T) labels and T = max_seq_len, no loss ever reaches the last position embedding.
-        """
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-        B, T = shape
-        if labels.shape not in ((B, T), (B, T + 1)):
-            raise ValueError(
-                f"labels must have the shape of input_ids {shape}, or (B, T + 1) with the "
-                f"window's next token, got {labels.shape}"
-            )
-        vocab = self.config.vocab_size
-        bad = labels[((labels < 0) | (labels >= vocab)) & (labels != IGNORE_INDEX)]
-        if bad.size:
-            raise ValueError(
-                f"label {int(bad[0])} is out of range for vocab_size {vocab} "
-                f"(use {IGNORE_INDEX} to ignore a position)"
-            )
-        targets = np.full(shape, IGNORE_INDEX, dtype=np.int64)  # (B, T)
-        targets[:, : labels.shape[1] - 1] = labels[:, 1:]
-        return targets
-
     # ---- forward / backward ----------------------------------------------------------
     def forward(
         self,
@@ -451,8 +405,9 @@ class GPT(Model):
         past_len = self._check_past(past_key_values, batch)
         ids = self._check_ids(ids, past_len)
         B, T = ids.shape
-        mask = self._key_mask(attention_mask, B, past_len + T)
-        targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
+        mask = checks.padding_mask(attention_mask, B, past_len + T)
+        vocab = self.config.vocab_size
+        targets = None if labels is None else checks.shifted_targets(labels, (B, T), vocab)
         self._cache = None
         logits = np.empty((B, T, self.config.vocab_size), dtype=self.wte.weight.data.dtype)
         inputs = {"ids": ids, "targets": targets, "mask": mask, "logits_out": logits}

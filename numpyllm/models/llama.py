@@ -365,38 +365,6 @@ class Llama(Model):
             raise ValueError("past_key_values layers hold different cached lengths")
         return int(lengths.pop())
 
-    @staticmethod
-    def _key_mask(attention_mask, batch: int, total: int) -> np.ndarray | None:
-        """attention_mask (B, P + T), 1 = token, 0 = padding -> boolean (B, 1, 1, P + T), or
-        None when nothing is padded."""
-        if attention_mask is None:
-            return None
-        keep = np.asarray(attention_mask)
-        if keep.shape != (batch, total):
-            raise ValueError(
-                f"attention_mask must have shape (batch, past + seq_len) = {(batch, total)}, "
-                f"got {keep.shape}"
-            )
-        keep = keep.astype(bool, copy=False)
-        return None if keep.all() else keep[:, None, None, :]
-
-    def _shifted_targets(self, labels, shape: tuple[int, int]) -> np.ndarray:
-        """targets[:, t] = labels[:, t + 1], IGNORE_INDEX at the last position unless labels
-        carry the window's next token as a (B, T + 1)-th column."""
-        labels = np.asarray(labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-        B, T = shape
-        if labels.shape not in ((B, T), (B, T + 1)):
-            raise ValueError(
-                f"labels must have the shape of input_ids {shape}, or (B, T + 1) with the "
-                f"window's next token, got {labels.shape}"
-            )
-        checks.token_ids(labels, self.config.vocab_size, "labels", labels=True)
-        targets = np.full(shape, IGNORE_INDEX, dtype=np.int64)  # (B, T)
-        targets[:, : labels.shape[1] - 1] = labels[:, 1:]
-        return targets
-
     # ---- forward / backward ----------------------------------------------------------
     def forward(
         self,
@@ -419,8 +387,9 @@ class Llama(Model):
         past_len = self._check_past(past_key_values, batch)
         ids = self._check_ids(ids, past_len)
         B, T = ids.shape
-        mask = self._key_mask(attention_mask, B, past_len + T)
-        targets = self._shifted_targets(labels, (B, T)) if labels is not None else None
+        mask = checks.padding_mask(attention_mask, B, past_len + T)
+        vocab = self.config.vocab_size
+        targets = None if labels is None else checks.shifted_targets(labels, (B, T), vocab)
         self._state = None
         return run_forward(
             self,
