@@ -13,9 +13,14 @@ A checkpoint folder (``checkpoint-<step>/`` of a training run) holds::
 
 so ``transformers.AutoModelForCausalLM.from_pretrained("runs/gpt/checkpoint-1500")`` (or
 ...ForMaskedLM, ...ForSeq2SeqLM) and ``AutoTokenizer`` load it, and numpyllm's own training
-state sits beside the model as in transformers' Trainer. Which numpyllm class a folder
-holds is decided by config.json's model_type through ``numpyllm.hf.registry``. SimpleNN,
-which transformers has no class for, keeps numpyllm's own config.json
+state sits beside the model as in transformers' Trainer. A LoRA run's checkpoint (the model
+a ``numpyllm.peft.PeftModel``) holds the adapter instead of the model files, as PEFT saves
+it (``adapter_config.json`` + ``adapter_model.safetensors``): the base weights never change,
+so the adapter, the optimizer state and the trainer state are all a resume needs.
+
+Which numpyllm class a folder holds is decided by config.json's model_type through
+``numpyllm.hf.registry``. SimpleNN, which transformers has no class for, keeps numpyllm's
+own config.json
 (``{"model_type": "simple_nn", "config": {...}}``); checkpoints GPT, BERT and T5 were saved
 in with that older format still load, with a note that saving again converts them.
 
@@ -50,6 +55,7 @@ OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
 OPTIMIZER_FILE = "optimizer.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 TOKENIZER_FILE = "tokenizer.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 
 #: numpyllm's own config.json format, {"model_type": ..., "config": {...}}: model_type ->
@@ -75,11 +81,20 @@ def _own_classes(model_type: str) -> tuple[type, type | None]:
     return getattr(module, model_name), config_cls
 
 
+def _adapter_model(model: Any) -> Any:
+    """The model as a ``numpyllm.peft.PeftModel`` (a LoRA run's), or None."""
+    from numpyllm.peft import PeftModel
+
+    return model if isinstance(model, PeftModel) else None
+
+
 def model_type_of(model: Any) -> str:
-    """config.json's model_type for a model ("gpt2", ...); ValueError for a class numpyllm
-    cannot save."""
+    """config.json's model_type for a model ("gpt2", ...; a PeftModel's is its base model's);
+    ValueError for a class numpyllm cannot save."""
     from numpyllm.hf.registry import FORMATS, format_for_model
 
+    if _adapter_model(model) is not None:
+        model = model.base_model
     fmt = format_for_model(model)
     if fmt is not None:
         return fmt.MODEL_TYPE
@@ -219,10 +234,14 @@ def _token_ids(tokenizer: Any) -> dict[str, int | None]:
 
 def save_model_files(folder: str | os.PathLike, model: Any, tokenizer: Any = None) -> None:
     """The model's part of a checkpoint: config.json, generation_config.json and
-    model.safetensors in transformers' format (numpyllm's own format for SimpleNN)."""
+    model.safetensors in transformers' format (numpyllm's own format for SimpleNN); for a
+    PeftModel, its adapter in PEFT's format."""
     from numpyllm.hf.registry import format_for_model
 
     folder = Path(folder)
+    if _adapter_model(model) is not None:
+        model.save_pretrained(folder)
+        return
     model_type = model_type_of(model)
     fmt = format_for_model(model)
     if fmt is not None:
@@ -323,7 +342,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     found = list_checkpoints(folder)
     if found:  # the newest state of a run, also while a resumed run has not finished
         return found[-1][1]
-    if any((folder / name).is_file() for name in (MODEL_FILE, MODEL_INDEX_FILE, CONFIG_FILE)):
+    if any((folder / name).is_file()
+           for name in (MODEL_FILE, MODEL_INDEX_FILE, CONFIG_FILE, ADAPTER_FILE)):  # fmt: skip
         return folder  # a model folder (the loader says what is missing from it, if anything)
     raise FileNotFoundError(
         f"no checkpoint in {folder}: expected {MODEL_FILE} there, or checkpoint-<step> folders"
@@ -457,10 +477,14 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> Any:
 
 
 def check_config(model: Any, folder: str | os.PathLike) -> None:
-    """ValueError unless ``model`` has the model type and config the checkpoint was saved with."""
+    """ValueError unless ``model`` has the model type and config the checkpoint was saved with
+    (for a PeftModel: the adapter's settings; the adapter's shapes are checked as it loads)."""
     from numpyllm.hf.registry import format_for_config
 
     folder = Path(folder)
+    if _adapter_model(model) is not None:
+        model.check_adapter_config(folder)
+        return
     meta = read_config(folder)
     mine = model_type_of(model)
     own = _own_format(meta, folder)
@@ -494,7 +518,10 @@ def _config_dict_of(config: Any) -> dict[str, Any]:
 
 def load_model_weights(model: Any, folder: str | os.PathLike) -> None:
     """Copy a checkpoint's weights into ``model`` in place (every name, every shape), so that
-    views an optimizer holds of the parameters stay valid."""
+    views an optimizer holds of the parameters stay valid. A PeftModel loads its adapter."""
+    if _adapter_model(model) is not None:
+        model.load_adapter(folder)
+        return
     loaded = load_model(folder, dtype=model.dtype)
     try:
         model.load_state_dict(loaded.state_dict(), strict=True)

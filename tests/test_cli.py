@@ -348,6 +348,37 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(workdir):
     assert (out / f"checkpoint-{step + 3}").is_dir()
 
 
+def test_interrupted_lora_finetune_resumes_from_its_adapter_checkpoint(trained, workdir):
+    out, _ = trained
+    base, target = out / "checkpoint-40", workdir / "lora-resumed"
+    args = ["finetune", str(base), "--data", str(workdir / "new.txt"), "--output-dir",
+            str(target), "--lora-r", "2", "--lora-bias", "lora_only", "--lora-dropout", "0.1",
+            "--logging-steps", "1", "--save-steps", "0", "--disable-tqdm"]  # fmt: skip
+    env = {**os.environ, "NUMPYLLM_CACHE": str(workdir / "cache"), "OPENBLAS_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "numpyllm", *args, "--max-steps", "100000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)  # fmt: skip
+    metrics = target / "training" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        metrics.is_file() and len(metrics.read_text().splitlines()) >= 2
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    (saved,) = [p for p in (target / "training").iterdir() if p.name.startswith("checkpoint-")]
+    assert (saved / "adapter_model.safetensors").is_file()
+    assert not (saved / "model.safetensors").exists()
+    step = int(saved.name.split("-")[1])
+    resumed = run_cli(*args, "--max-steps", str(step + 2), "--resume-from-checkpoint",
+                      str(target), cache=workdir / "cache")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming a run of 100000 steps as a run of {step + 2}" in resumed.stderr
+    assert json.loads((target / "adapter_config.json").read_text())["bias"] == "lora_only"
+    assert not (target / "training").exists()
+
+
 # ------------------------------------------------------------------------- help
 
 

@@ -106,8 +106,8 @@ def test_bad_configs_and_targets_are_refused():
         nl.peft.LoraConfig(r=0)
     with pytest.raises(ValueError, match="lora_dropout"):
         nl.peft.LoraConfig(lora_dropout=-0.1)
-    with pytest.raises(ValueError, match="bias"):
-        nl.peft.LoraConfig(bias="all")
+    with pytest.raises(ValueError, match="bias must be 'none', 'all' or 'lora_only', got 'some'"):
+        nl.peft.LoraConfig(bias="some")
     with pytest.raises(ValueError, match=r"'query' match no linear layer.*c_attn, c_fc, c_proj"):
         nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig(target_modules=["c_attn", "query"]))
     pm = nl.peft.get_peft_model(gpt(), nl.peft.LoraConfig())

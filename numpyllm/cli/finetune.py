@@ -40,7 +40,9 @@ than pretraining's keeps the update gentle.
 With --lora-r the model's weights stay frozen: small LoRA matrices are trained on the
 chosen projections instead (--lora-target-modules), and the result is an adapter folder
 (adapter_config.json + adapter_model.safetensors, Hugging Face peft's format), used with
-'--adapter FOLDER' by generate, chat and eval; --merge also writes the merged model.
+'--adapter FOLDER' by generate, chat and eval; --merge also writes the merged model. An
+interrupted LoRA run continues with --resume-from-checkpoint: its checkpoints (in
+OUTPUT_DIR/training) hold the adapter, its optimizer state and the trainer's state.
 
 examples:
   numpyllm finetune runs/gpt --data my_notes.txt
@@ -92,6 +94,10 @@ def add_parser(subparsers: Any) -> None:
         help="dropout on the adapters' input (default: 0)",
     )  # fmt: skip
     lora.add_argument(
+        "--lora-bias", choices=("none", "all", "lora_only"), default="none",
+        help="which biases train too: none, all, or the adapted layers' (default: none)",
+    )  # fmt: skip
+    lora.add_argument(
         "--merge", action="store_true",
         help="also write the model with the adapter merged in, to OUTPUT_DIR/merged",
     )  # fmt: skip
@@ -110,7 +116,8 @@ def _lora_config(args: argparse.Namespace) -> Any:
     try:
         return LoraConfig(
             r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-            target_modules=targets, base_model_name_or_path=str(args.checkpoint),
+            target_modules=targets, bias=args.lora_bias,
+            base_model_name_or_path=str(args.checkpoint),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise common.UsageError(str(exc)) from None
@@ -129,11 +136,6 @@ def run(args: argparse.Namespace) -> int:
     lora = args.lora_r is not None
     if not lora and args.merge:
         raise common.UsageError("--merge needs --lora-r: only an adapter can be merged")
-    if lora and args.resume_from_checkpoint is not None:
-        raise common.UsageError(
-            "--resume-from-checkpoint is not supported with --lora-r yet (the checkpoints hold "
-            "the base model only): start the LoRA run again"
-        )
     if args.output_dir is None:
         suffix = "-lora" if lora else "-finetuned"
         args.output_dir = str(common.default_output_dir(folder, args.checkpoint, suffix))
@@ -149,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise common.UsageError(str(exc)) from None
         args.output_dir = str(adapter_dir / "training")  # the Trainer's resumable checkpoints
+        resume = args.resume_from_checkpoint
+        if resume not in (None, True) and Path(resume).resolve() == adapter_dir.resolve():
+            args.resume_from_checkpoint = args.output_dir  # the adapter folder names its run
     common.training_arguments(args, seq_len=seq_len)  # checks the flags before any slow work
     if common.memory_check(model, args, seq_len):
         return 0  # --dry-run: the report is all
@@ -188,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     before, count, _ = evaluate_tokens(model, dataset, "val", seq_len, batch)
     print(f"before      validation loss {common.fmt_loss(before)} on {count:,} tokens")
     model.train()
-    trainer = Trainer(model, targs, train_dataset=dataset, tokenizer=tokenizer)
+    trained = model if peft_model is None else peft_model  # a LoRA run checkpoints its adapter
+    trainer = Trainer(trained, targs, train_dataset=dataset, tokenizer=tokenizer)
     print(
         f"training    {trainer.total_steps:,} steps x {batch} rows x {seq_len} tokens, "
         f"AdamW lr {targs.learning_rate:g} -> {targs.output_dir}"
@@ -220,8 +226,9 @@ def run(args: argparse.Namespace) -> int:
 def _save_adapter(
     peft_model: Any, adapter_dir: Path, base: Path, tokenizer: Any, merge: bool
 ) -> int:
-    """The adapter folder is the result: the Trainer's full checkpoints are dropped once it is
-    written (they stay only when training was interrupted, for --resume-from-checkpoint)."""
+    """The adapter folder is the result: the Trainer's checkpoints (each an adapter with its
+    optimizer and trainer state) are dropped once it is written (they stay only when training
+    was interrupted, for --resume-from-checkpoint)."""
     import shutil
 
     from numpyllm.checkpoint import save_checkpoint

@@ -41,7 +41,9 @@ class LoraConfig:
     fan_in_fan_out  True when the base weights are stored (in, out), as GPT-2's Conv1D;
                     None: set from the model (numpyllm stores every weight (in, out), but
                     the flag describes the Hugging Face layer the adapter file targets)
-    bias            "none": biases stay frozen (the only setting supported)
+    bias            which biases train with the adapter: "none" (frozen), "all" (every
+                    bias of the model, the norms' too), "lora_only" (the adapted layers'
+                    own); trained biases are saved in the adapter file
     use_rslora      scale by lora_alpha / sqrt(r) instead (rank-stabilised LoRA)
     task_type, base_model_name_or_path, inference_mode: recorded in adapter_config.json
     """
@@ -69,9 +71,9 @@ class LoraConfig:
         p = self.lora_dropout
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"LoraConfig.lora_dropout must be in [0, 1), got {p!r}")
-        if self.bias != "none":
+        if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(
-                f"LoraConfig.bias={self.bias!r} is not supported: only 'none' (biases frozen)"
+                f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}"
             )
         targets = self.target_modules
         if isinstance(targets, (list, tuple, set)):

@@ -9,6 +9,10 @@ An adapter folder, as Hugging Face PEFT writes and reads it:
 e.g. ``base_model.model.transformer.h.0.attn.c_attn.lora_A.weight`` for GPT-2. The arrays are
 stored as numpyllm holds them: A and B already have torch's (out, in) orientation, whatever
 the base layer's (GPT-2's Conv1D keeps (in, out), which is what ``fan_in_fan_out`` records).
+
+With ``bias="all"`` or ``"lora_only"`` the trained biases are in the file too, under the
+transformers model's names: ``base_model.model.<module>.bias``, where an adapted layer's
+own bias is ``<module>.base_layer.bias`` (PEFT's wrapper keeps the base layer under that name).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from numpyllm.nn.lora import LoraLinear
 from numpyllm.nn.module import Module
 from numpyllm.nn.parameter import Parameter
 from numpyllm.peft.config import LoraConfig
-from numpyllm.peft.targets import LinearLayer, kind_of, linear_layers, select
+from numpyllm.peft.targets import LinearLayer, kind_of, linear_layers, select, tensor_map
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -41,7 +45,8 @@ def get_peft_model(
 
     Each chosen ``Linear`` is replaced by a ``LoraLinear`` over the same weight and bias, with
     A drawn from ``rng`` (default: seeded 0) and B = 0, so the model computes exactly what it
-    computed before until B is trained.
+    computed before until B is trained. ``config.bias`` unfreezes biases as PEFT does: "all",
+    every bias of the model (the norms' too); "lora_only", the adapted layers' own.
     """
     if not isinstance(config, LoraConfig):
         raise TypeError(f"get_peft_model expects a LoraConfig, got {type(config).__name__}")
@@ -65,8 +70,11 @@ def get_peft_model(
         lora.scaling = config.scaling
         lora.train(layer.layer.training)
         _replace(model, layer.ours, lora)
+    peft_model = PeftModel(model, config, frozen_before)
+    for bias in peft_model.trained_biases().values():
+        bias.requires_grad = True
     _forget_replicas(model)
-    return PeftModel(model, config, frozen_before)
+    return peft_model
 
 
 class PeftModel:
@@ -111,7 +119,8 @@ class PeftModel:
         return self.base_model.parameters()
 
     def trainable_parameters(self) -> list[Parameter]:
-        """The LoRA matrices (every parameter with ``requires_grad``)."""
+        """The LoRA matrices, and the biases ``bias`` trains (every parameter with
+        ``requires_grad``)."""
         return [p for p in self.base_model.parameters() if p.requires_grad]
 
     def num_trainable_parameters(self) -> tuple[int, int]:
@@ -139,12 +148,34 @@ class PeftModel:
         return [(info, info.layer) for info in linear_layers(self.base_model)
                 if isinstance(info.layer, LoraLinear)]  # fmt: skip
 
+    def trained_biases(self) -> dict[str, Parameter]:
+        """The biases ``peft_config.bias`` trains, by their key in PEFT's adapter file:
+        none; every bias of the model ("all"); the adapted layers' own ("lora_only")."""
+        bias = self.peft_config.bias
+        if bias == "none":
+            return {}
+        adapted = {info.hf: lora for info, lora in self.lora_layers()}
+        if bias == "lora_only":
+            return {f"{PREFIX}{hf}.base_layer.bias": lora.bias
+                    for hf, lora in adapted.items() if lora.bias is not None}  # fmt: skip
+        ours = dict(self.base_model.named_parameters())
+        found = {}
+        for entry in tensor_map(self.base_model):
+            if not entry.hf.endswith(".bias") or entry.ours not in ours:
+                continue
+            module = entry.hf.removesuffix(".bias")
+            name = f"{module}.base_layer.bias" if module in adapted else entry.hf
+            found[PREFIX + name] = ours[entry.ours]
+        return found
+
     def adapter_state_dict(self) -> dict[str, np.ndarray]:
-        """The adapter's arrays under PEFT's key names (the parameters' own arrays)."""
+        """The adapter's arrays under PEFT's key names (the parameters' own arrays): every
+        adapted layer's A and B, and the trained biases."""
         state = {}
         for info, lora in self.lora_layers():
             state[f"{PREFIX}{info.hf}.lora_A.weight"] = lora.lora_A.data  # (r, in)
             state[f"{PREFIX}{info.hf}.lora_B.weight"] = lora.lora_B.data  # (out, r)
+        state.update({key: p.data for key, p in self.trained_biases().items()})
         return state
 
     def merge_and_unload(self) -> Any:
@@ -185,26 +216,35 @@ class PeftModel:
     def from_pretrained(cls, model: Any, path: str | os.PathLike) -> PeftModel:
         """Load the adapter folder ``path`` (ours or PEFT's) onto ``model``, in place."""
         folder = Path(path)
-        config_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        for file in (config_file, weights_file):
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"{file.name} not found in {folder}: an adapter folder holds {CONFIG_FILE} "
-                    f"and {WEIGHTS_FILE}"
-                )
-        try:
-            data = json.loads(config_file.read_text("utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_file} is not valid JSON: {e}") from None
-        config = LoraConfig.from_json_dict(data, str(config_file))
-        tensors = _read_adapter(weights_file)
+        config = _read_config(folder)
+        tensors = _read_adapter(folder / WEIGHTS_FILE)
         peft_model = get_peft_model(model, config)
         try:
-            peft_model.load_adapter_state(tensors, str(weights_file))
+            peft_model.load_adapter_state(tensors, str(folder / WEIGHTS_FILE))
         except BaseException:
             peft_model.merge_and_unload()  # B may be half-loaded: give the model back intact
             raise
         return peft_model
+
+    def check_adapter_config(self, path: str | os.PathLike) -> None:
+        """ValueError unless the adapter folder ``path`` was saved with this model's LoRA
+        settings (rank, alpha, dropout, targets, bias), as a resumed run needs."""
+        saved = _read_config(Path(path)).to_json_dict()
+        mine = self.peft_config.to_json_dict()
+        differing = sorted(k for k in mine if k != "base_model_name_or_path"
+                           and saved.get(k) != mine[k])  # fmt: skip
+        if differing:
+            details = ", ".join(f"{k}: {saved.get(k)!r} vs {mine[k]!r}" for k in differing)
+            raise ValueError(
+                f"the adapter in {path} was saved with other LoRA settings (saved vs this "
+                f"model's): {details}"
+            )
+
+    def load_adapter(self, path: str | os.PathLike) -> None:
+        """Copy the adapter saved in the folder ``path`` into this model's, in place (the
+        optimizer's views of the parameters stay valid): every key and shape is checked."""
+        weights_file = Path(path) / WEIGHTS_FILE
+        self.load_adapter_state(_read_adapter(weights_file), str(weights_file))
 
     def load_adapter_state(self, tensors: dict[str, np.ndarray], where: str = "state") -> None:
         """Copy PEFT-named arrays into the adapters; every key and shape is checked first."""
@@ -236,6 +276,22 @@ class PeftModel:
 def _strip_adapter_name(key: str) -> str:
     """PEFT drops the adapter's name ("default") from saved keys; accept it if present."""
     return key.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+
+
+def _read_config(folder: Path) -> LoraConfig:
+    """The LoraConfig of an adapter folder; FileNotFoundError when a file is missing."""
+    config_file = folder / CONFIG_FILE
+    for file in (config_file, folder / WEIGHTS_FILE):
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{file.name} not found in {folder}: an adapter folder holds {CONFIG_FILE} "
+                f"and {WEIGHTS_FILE}"
+            )
+    try:
+        data = json.loads(config_file.read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON: {e}") from None
+    return LoraConfig.from_json_dict(data, str(config_file))
 
 
 def _read_adapter(file: Path) -> dict[str, np.ndarray]:

@@ -45,12 +45,16 @@ class LinearLayer:
     conv1d: bool  # stored (in, out) by transformers too (GPT-2's Conv1D): fan_in_fan_out
 
 
-def linear_layers(model: Any) -> list[LinearLayer]:
-    """Every Linear of the model that its transformers counterpart also has, in order."""
+def tensor_map(model: Any) -> list[Any]:
+    """The model's parameters under their transformers names (``numpyllm.hf``'s TensorMap)."""
     import importlib
 
-    hf = importlib.import_module(kind_of(model).hf_module)
-    by_weight = {entry.ours: entry for entry in hf.tensor_map(model.config)}
+    return importlib.import_module(kind_of(model).hf_module).tensor_map(model.config)
+
+
+def linear_layers(model: Any) -> list[LinearLayer]:
+    """Every Linear of the model that its transformers counterpart also has, in order."""
+    by_weight = {entry.ours: entry for entry in tensor_map(model)}
     layers = []
     for name, module in model.named_modules():
         entry = by_weight.get(f"{name}.weight")

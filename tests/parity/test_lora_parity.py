@@ -146,3 +146,52 @@ def test_we_load_a_peft_adapter_with_equal_logits(tmp_path):
     with torch.no_grad():
         expected = to_numpy(theirs_peft(input_ids=torch.tensor(ids)).logits)
     assert np.max(np.abs(pm.eval()(ids).logits - expected)) < TOL
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_trained_biases_match_peft_in_file_logits_and_gradients(bias, tmp_path):
+    """bias="all" / "lora_only": the same biases train as in peft, under peft's key names in
+    the adapter file, with equal logits and equal gradients both ways."""
+    theirs, ours = hf_gpt2(tmp_path / "a")
+    config = nl.peft.LoraConfig(r=2, lora_alpha=6, target_modules=["c_attn", "c_fc"], bias=bias)
+    pm = nl.peft.get_peft_model(ours, config)
+    randomize_adapters(pm)  # the trained biases too, so that the file must carry them
+    pm.save_pretrained(tmp_path / "ours")
+    loaded = peft.PeftModel.from_pretrained(theirs, tmp_path / "ours", is_trainable=True)
+    trained = {name.replace(".default", ""): p
+               for name, p in loaded.named_parameters() if p.requires_grad}  # fmt: skip
+    assert set(trained) == set(pm.adapter_state_dict())  # same parameters, same names
+    ids = np.random.default_rng(2).integers(0, 23, size=(3, 9))
+    out = pm(ids, labels=ids)
+    pm.backward()
+    logits = loaded(input_ids=torch.tensor(ids)).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 23), torch.tensor(ids[:, 1:]).reshape(-1)
+    )
+    loss.backward()
+    assert abs(out.loss - loss.item()) < TOL
+    ours_params = dict(pm.trained_biases())
+    for info, lora in pm.lora_layers():
+        for part in ("lora_A", "lora_B"):
+            ours_params[f"base_model.model.{info.hf}.{part}.weight"] = getattr(lora, part)
+    assert len(pm.trained_biases()) == (2 * 6 + 1 if bias == "all" else 4)  # + ln_f
+    for name, p in trained.items():
+        expected = to_numpy(p.grad)
+        assert np.max(np.abs(ours_params[name].grad - expected)) < TOL, name
+
+    # and peft's file, biases included, read back by numpyllm
+    theirs, ours = hf_gpt2(tmp_path / "b")
+    their_config = peft.LoraConfig(
+        r=2, lora_alpha=6, target_modules=["c_attn", "c_fc"], bias=bias,
+        init_lora_weights=False, fan_in_fan_out=True,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    theirs_peft = peft.get_peft_model(theirs, their_config).eval()
+    with torch.no_grad():
+        for name, p in theirs_peft.named_parameters():
+            if p.requires_grad and name.endswith("bias"):
+                p.add_(torch.randn_like(p))  # trained biases differ from the base model's
+        expected = to_numpy(theirs_peft(input_ids=torch.tensor(ids)).logits)
+    theirs_peft.save_pretrained(tmp_path / "theirs")
+    pm = nl.peft.PeftModel.from_pretrained(ours, tmp_path / "theirs")
+    assert np.max(np.abs(pm.eval()(ids).logits - expected)) < TOL
