@@ -157,3 +157,26 @@ def test_recomputed_activations_give_the_same_adapter_gradients():
         grads.append([p.grad.copy() for p in pm.trainable_parameters()])
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adapter_dropout_with_recomputed_activations_draws_the_same_masks(threads):
+    """The recomputed forward draws each adapter's dropout mask again from the Generator
+    state of the first forward: the gradients are those of the run that kept its caches."""
+    grads, losses = [], []
+    for recompute in (False, True):
+        config = nl.peft.LoraConfig(r=2, target_modules=["c_attn", "c_proj", "c_fc"],
+                                    lora_dropout=0.4)  # fmt: skip
+        pm = nl.peft.get_peft_model(gpt().astype(np.float64), config,
+                                    rng=np.random.default_rng(3))  # fmt: skip
+        for p in pm.trainable_parameters():
+            p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+        pm.recompute_activations = recompute
+        pm.num_threads = threads
+        pm.train()
+        losses.append(pm(IDS, labels=IDS).loss)
+        pm.backward()
+        grads.append([p.grad.copy() for p in pm.trainable_parameters()])
+    assert losses[0] == losses[1]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -32,7 +32,10 @@ and names its repeated blocks (``repeated_blocks()``: the transformer layers). I
   is dropped after its forward. Its backward first runs the forward again from those
   inputs, with the Generators set back, so the caches and dropout masks are the same
   ones, then runs the real backward. A block may define ``rebuild_caches(*inputs)``, the
-  part of its forward its backward reads, to skip the rest (default: its forward).
+  part of its forward its backward reads, to skip the rest (default: its forward). A block
+  holding a module with ``draws_in_forward`` true (a LoRA layer with dropout, whose
+  backward needs the mask of every projection, even of one ``rebuild_caches`` skips) runs
+  its whole forward again instead, draw for draw.
 
 * **memory blocks.** Modules holding a ``blocks: BlockSizes`` attribute (attention over
   blocks of batch rows, an MLP over blocks of token rows) get ``BLOCKS`` for a pass, or
@@ -337,7 +340,8 @@ def _rebuild(block: Module) -> None:
     now = [g.bit_generator.state for g in generators]
     for g, state in zip(generators, states):
         g.bit_generator.state = state
-    getattr(block, "rebuild_caches", block.forward)(*args, **kwargs)
+    whole = any(getattr(module, "draws_in_forward", False) for module in _modules(block))
+    (block.forward if whole else getattr(block, "rebuild_caches", block.forward))(*args, **kwargs)
     for g, state in zip(generators, now):
         g.bit_generator.state = state
 

@@ -25,7 +25,8 @@ class LoraLinear(Linear):
     With dropout on in training, each ``project`` keeps its mask (in the dropout layer's
     cache) for the matching ``backward_from_input``; the backward consumes masks row by
     row in the order the forward made them, so a caller may project in one call and go
-    back over blocks of rows, or the other way round.
+    back over blocks of rows, or the other way round. A recomputed block draws them again
+    with its whole forward (``draws_in_forward``; ``numpyllm.nn.execution``).
     """
 
     def __init__(
@@ -53,6 +54,11 @@ class LoraLinear(Linear):
         self.lora_A = Parameter(a.astype(dtype))
         self.lora_B = Parameter(np.zeros((self.out_features, self.r), dtype=dtype))
         self.lora_dropout = Dropout(lora_dropout, rng=rng)
+
+    @property
+    def draws_in_forward(self) -> bool:
+        """Whether a forward draws dropout masks, which a recomputed pass must draw again."""
+        return self.training and self.lora_dropout.p > 0.0
 
     def delta_weight(self) -> np.ndarray:
         """The update in W's (in, out) layout: s * A^T B^T, so that W + delta_weight() is the
@@ -106,8 +112,7 @@ class LoraLinear(Linear):
             if not queue:
                 raise RuntimeError(
                     "LoraLinear backward has no dropout mask from a forward for these rows "
-                    "(a backward without its forward; recomputed activations are not "
-                    "supported with lora_dropout > 0)"
+                    "(a backward without its forward)"
                 )
             mask = queue.pop(0)
             need = rows - have
