@@ -12,7 +12,7 @@ parameter count on the built-in corpus, with the same tokenizer, batches, optimi
 steps, and prints both held-out losses (nats per token). The Llama has no position table
 to learn. The maths is in docs/llama.md.
 
-    python examples/llama.py [--steps 300] [--d-model 128]
+    python examples/llama.py [--steps 300] [--d-model 128] [--seed 0] [--threads 2]
 """
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     add("--learning-rate", type=float, default=3e-3, help="peak learning rate of AdamW")
     add("--eval-batches", type=int, default=10, help="held-out batches scored at the end")
     add("--seed", type=int, default=0, help="seeds the weights and the batches")
+    add("--threads", type=int, default=None,
+        help="threads a training batch is split over (default: the cores, for batches large "
+        "enough to gain)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     gpt = GPT(gpt_config, rng=np.random.default_rng(args.seed))
     llama = Llama(llama_config, rng=np.random.default_rng(args.seed))
+    if args.threads is not None:
+        gpt.num_threads = llama.num_threads = args.threads
     gpt_loss = train(gpt, "GPT", dataset, tokenizer, args)
     llama_loss = train(llama, "Llama", dataset, tokenizer, args)
     print(f"(uniform guessing: ln {tokenizer.vocab_size} = {np.log(tokenizer.vocab_size):.3f})")
