@@ -62,7 +62,7 @@ from numpyllm.functional.swiglu import swiglu_backward, swiglu_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.execution import Model, run_forward
-from numpyllm.nn.linear import Embedding, Linear
+from numpyllm.nn.linear import Embedding, Linear, fused_project, fused_project_backward
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import RMSNorm
 
@@ -160,7 +160,8 @@ class LlamaAttention(Module):
         self.k_proj = Linear(d, n_kv_head * dh, bias=bias, rng=rng, std=std)
         self.v_proj = Linear(d, n_kv_head * dh, bias=bias, rng=rng, std=std)
         self.o_proj = Linear(config.n_head * dh, d, bias=False, rng=rng, std=std)
-        self._cache: tuple[tuple, np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
+        # (attention cache, heads, rope tables, x): what the backward reads
+        self._cache: tuple[tuple, np.ndarray, tuple, np.ndarray] | None = None
 
     def forward(
         self,
@@ -174,40 +175,47 @@ class LlamaAttention(Module):
         (B, 1, 1, P + T) or None -> y (B, T, d), or (y, (k, v)) with k, v (B, H_kv, P + T, dh)."""
         B, T, _ = x.shape
         H, Hkv, dh = self.n_head, self.n_kv_head, self.head_dim
-        q = self.q_proj(x).reshape(B, T, H, dh).transpose(0, 2, 1, 3)  # (B, H, T, dh) view
-        k = self.k_proj(x).reshape(B, T, Hkv, dh).transpose(0, 2, 1, 3)  # (B, Hkv, T, dh)
-        v = self.v_proj(x).reshape(B, T, Hkv, dh).transpose(0, 2, 1, 3)  # (B, Hkv, T, dh)
+        qkv = fused_project(self.projections(), x)  # (B, T, (H + 2 Hkv) dh), one product
+        q = qkv[..., : H * dh].reshape(B, T, H, dh).transpose(0, 2, 1, 3)  # (B, H, T, dh) view
+        k = qkv[..., H * dh : (H + Hkv) * dh].reshape(B, T, Hkv, dh).transpose(0, 2, 1, 3)
+        v = qkv[..., (H + Hkv) * dh :].reshape(B, T, Hkv, dh).transpose(0, 2, 1, 3)
         q, _ = rope_forward(q, *rope)  # rotated, C-ordered (B, H, T, dh)
-        k, _ = rope_forward(k, *rope)
+        k, _ = rope_forward(k, *rope)  # (B, Hkv, T, dh)
+        v = np.ascontiguousarray(v)  # (B, Hkv, T, dh), so that no cache holds all of qkv
+        del qkv
         if past_kv is not None:  # the cached keys are stored rotated: only the new ones turn
             k = np.concatenate((past_kv[0], k), axis=2)  # (B, Hkv, P + T, dh)
             v = np.concatenate((past_kv[1], v), axis=2)
         heads, attn_cache = grouped_query_attention_forward(q, k, v, causal=True, mask=mask)
         merged = heads.transpose(0, 2, 1, 3).reshape(B, T, H * dh)  # the heads side by side
         y = self.o_proj(merged)  # (B, T, H dh) -> (B, T, d)
-        self._cache = (attn_cache, heads, rope)
+        self._cache = (attn_cache, heads, rope, x)
         return (y, (k, v)) if use_cache else y
 
+    def projections(self) -> list[Linear]:
+        """q, k and v: one input, their outputs side by side in one product."""
+        return [self.q_proj, self.k_proj, self.v_proj]
+
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        """dout (B, T, d) -> dx (B, T, d): the three projections' input gradients added."""
+        """dout (B, T, d) -> dx (B, T, d): the three projections' input gradients added
+        (one product, ``fused_project_backward``)."""
         assert self._cache is not None, "LlamaAttention.backward needs a forward first"
-        (attn_cache, heads, rope), self._cache = self._cache, None
+        (attn_cache, heads, rope, x), self._cache = self._cache, None
         B, T, _ = dout.shape
+        H, Hkv, dh = self.n_head, self.n_kv_head, self.head_dim
         dmerged = self.o_proj.backward(dout)  # (B, T, H dh)
-        dheads = dmerged.reshape(B, T, self.n_head, self.head_dim).transpose(0, 2, 1, 3)
+        dheads = dmerged.reshape(B, T, H, dh).transpose(0, 2, 1, 3)
         dq, dk, dv = grouped_query_attention_backward(dheads, attn_cache, out=heads)
-        dq = rope_backward(dq, rope)  # rotation by -θ, (B, H, T, dh)
-        dk = rope_backward(dk, rope)  # (B, Hkv, T, dh), each group's gradients summed
-        dx = self.q_proj.backward(_merge(dq))
-        dx += self.k_proj.backward(_merge(dk))
-        dx += self.v_proj.backward(_merge(dv))
-        return dx
-
-
-def _merge(heads: np.ndarray) -> np.ndarray:
-    """(B, n, T, dh) -> (B, T, n dh): the heads side by side, as the projections lay them out."""
-    B, n, T, dh = heads.shape
-    return heads.transpose(0, 2, 1, 3).reshape(B, T, n * dh)
+        del attn_cache, heads, dheads, dmerged
+        dqkv = np.empty((B, T, (H + 2 * Hkv) * dh), dtype=dout.dtype)  # laid out as qkv
+        dqkv[..., : H * dh].reshape(B, T, H, dh)[...] = rope_backward(dq, rope).transpose(
+            0, 2, 1, 3
+        )  # the rotation by -θ, (B, H, T, dh) written as (B, T, H, dh)
+        dqkv[..., H * dh : (H + Hkv) * dh].reshape(B, T, Hkv, dh)[...] = rope_backward(
+            dk, rope
+        ).transpose(0, 2, 1, 3)  # each group's gradients already summed into its head
+        dqkv[..., (H + Hkv) * dh :].reshape(B, T, Hkv, dh)[...] = dv.transpose(0, 2, 1, 3)
+        return fused_project_backward(self.projections(), dqkv, x)
 
 
 class LlamaMLP(Module):
@@ -223,7 +231,9 @@ class LlamaMLP(Module):
         self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x (B, T, d) -> (B, T, d)."""
+        """x (B, T, d) -> (B, T, d). Unlike q/k/v, gate and up stay two products: side by
+        side, their halves would be strided views, and NumPy's element-wise loops over
+        those (SwiGLU's ten passes) cost more than the fused product saves."""
         hidden, self._cache = swiglu_forward(self.gate_proj(x), self.up_proj(x))  # (B, T, d_ff)
         return self.down_proj(hidden)
 

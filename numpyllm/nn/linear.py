@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from numpyllm.functional.embedding import embedding_backward, embedding_forward
@@ -110,3 +112,74 @@ class Embedding(Module):
         cache, self._cache = forward_cache(self._cache, self), None
         if self.weight.requires_grad:
             self.weight.grad += embedding_backward(dout, cache)
+
+
+# ---- projections of one input, side by side -------------------------------------------------
+def fused_project(layers: Sequence[Linear], x: np.ndarray) -> np.ndarray:
+    """Several projections of the same x, their outputs side by side:
+
+        y = [x W_1 + b_1 | x W_2 + b_2 | ...] = x [W_1 | W_2 | ...] + [b_1 | b_2 | ...]
+
+    Shapes: x (..., in), layer i (in, out_i) -> y (..., Σ out_i); a caller takes each
+    layer's output as a view of its columns.
+
+    For plain Linears (Llama's q/k/v and gate/up projections) this is one matrix product
+    with the weights' columns put side by side: one pass over x and one large BLAS call
+    instead of several smaller ones. The side-by-side weight (in × Σ out numbers) is made
+    afresh on every call, a small cost next to the product (rows · in · Σ out): each
+    Parameter keeps its own array, which an optimizer may rebind to a slice of its flat
+    buffer, so the layers' names, shapes and gradients stay as they are. Any other layer
+    (a LoRA linear) projects through its own method, and the outputs are joined.
+    """
+    if not _all_plain(layers):
+        return np.concatenate([layer.project(x) for layer in layers], axis=-1)
+    weight = np.concatenate([layer.weight.data for layer in layers], axis=1)  # (in, Σ out)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    y2 = x2 @ weight  # (N, in) @ (in, Σ out) -> (N, Σ out)
+    for layer, cols in zip(layers, _columns(layers)):
+        if layer.bias is not None:
+            y2[:, cols] += layer.bias.data
+    return y2.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def fused_project_backward(layers: Sequence[Linear], dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The backward of ``fused_project(layers, x)``: dout (..., Σ out_i) -> dx (..., in).
+
+    With W = [W_1 | W_2 | ...] the forward is one linear map, so
+
+        dx = dout W^T = Σ_i dout_i W_i^T        (the layers' input gradients added)
+        dW = x^T dout = [x^T dout_1 | x^T dout_2 | ...],   db_i = 1^T dout_i
+
+    and each layer's gradient is its block of columns, added into its own ``.grad`` (a
+    frozen layer's block is not added; if every weight is frozen x^T dout is not formed).
+    """
+    if not _all_plain(layers):
+        dx = None
+        for layer, cols in zip(layers, _columns(layers)):
+            part = layer.backward_from_input(dout[..., cols], x)  # (..., in)
+            dx = part if dx is None else np.add(dx, part, out=dx)
+        assert dx is not None, "fused_project_backward needs at least one layer"
+        return dx
+    weight = np.concatenate([layer.weight.data for layer in layers], axis=1)  # (in, Σ out)
+    g2 = dout.reshape(-1, dout.shape[-1])  # (N, Σ out)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    dx = (g2 @ weight.T).reshape(x.shape)  # (N, Σ out) @ (Σ out, in) -> (..., in)
+    dweight = x2.T @ g2 if any(layer.weight.requires_grad for layer in layers) else None
+    ones = None
+    for layer, cols in zip(layers, _columns(layers)):
+        if dweight is not None and layer.weight.requires_grad:
+            layer.weight.grad += dweight[:, cols]  # (in, out_i)
+        if layer.bias is not None and layer.bias.requires_grad:
+            ones = np.ones(len(g2), dtype=g2.dtype) if ones is None else ones
+            layer.bias.grad += ones @ g2[:, cols]  # column sums, as linear_backward takes them
+    return dx
+
+
+def _all_plain(layers: Sequence[Linear]) -> bool:
+    return all(type(layer) is Linear for layer in layers)
+
+
+def _columns(layers: Sequence[Linear]) -> list[slice]:
+    """Each layer's columns in the side-by-side output."""
+    ends = np.cumsum([0] + [layer.out_features for layer in layers]).tolist()
+    return [slice(a, b) for a, b in zip(ends[:-1], ends[1:])]
