@@ -28,6 +28,17 @@ Cost. A frozen W needs only dx = g W^T: the x^T g product (as large as the forwa
 matmul) is never formed. The adapter adds four thin products of N x in x r or N x out x r
 multiply-adds each, small against the base's N x in x out when r << in, out.
 
+Without dropout (p = 0, or evaluation) u = x, and both full-size products take the update
+folded into the weight, W' = W + s A^T B^T (in x out x r multiply-adds, once per call):
+
+    y  = x W + b + s x A^T B^T  = x W' + b
+    dx = g W^T + s g B A        = g W'^T
+
+so the layer makes the same two big products as a plain frozen linear, no (N, out) delta
+or (N, in) du array and no sums of them, and the adapter's own cost is the thin products
+of its gradients: h = x A^T, dB = s g^T h, dh = s g B, dA = dh^T x
+(``lora_weight``, ``lora_adapter_gradients``).
+
 Why B starts at zero: then s * h B^T = 0 and the adapted model computes exactly the base
 model's function at step 0, while dB = s g^T h is not zero (h is not), so training moves B
 first and A follows. (Were both random, fine-tuning would start from a perturbed model; were
@@ -46,6 +57,20 @@ import numpy as np
 from numpyllm.functional.dropout import dropout_backward, dropout_forward
 from numpyllm.functional.linear import linear_backward, linear_forward
 
+# The thin products below are written with both operands' long axis contiguous: BLAS runs a
+# product with r = 8 columns 2-2.5x slower when one operand is a transposed view (measured,
+# OpenBLAS, one thread: u @ A.T against u @ copy(A.T), g.T @ h against (h.T @ g).T).
+
+
+def _down(u: np.ndarray, lora_a: np.ndarray) -> np.ndarray:
+    """h = u A^T (N, r), with A^T copied contiguous first (r x in numbers, nothing)."""
+    return u @ np.ascontiguousarray(lora_a.T)  # (N, in) @ (in, r)
+
+
+def _outer(dout: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """g^T h (out, r), computed as (h^T g)^T so that BLAS reads g's rows as they lie."""
+    return (h.T @ dout).T  # ((r, N) @ (N, out))^T
+
 
 def lora_delta_forward(
     u: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, scaling: float
@@ -54,9 +79,38 @@ def lora_delta_forward(
 
     Shapes: u (N, in), A (r, in), B (out, r) -> delta (N, out), h (N, r).
     """
-    h = u @ lora_a.T  # (N, in) @ (in, r) -> (N, r)
+    h = _down(u, lora_a)  # (N, in) @ (in, r) -> (N, r)
     hs = h * h.dtype.type(scaling)  # s folded into the thin (N, r) factor, not the (N, out) one
     return hs @ lora_b.T, h  # (N, r) @ (r, out) -> (N, out)
+
+
+def lora_weight(
+    weight: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, scaling: float
+) -> np.ndarray:
+    """W' = W + s A^T B^T, the weight with the update folded in (in, out).
+
+    Shapes: W (in, out), A (r, in), B (out, r) -> (in, out). With B = 0 it equals W exactly.
+    """
+    s = lora_a.dtype.type(scaling)
+    return weight + (lora_a.T * s) @ lora_b.T  # (in, out) + (in, r) @ (r, out)
+
+
+def lora_adapter_gradients(
+    dout: np.ndarray, u: np.ndarray, lora_a: np.ndarray, lora_b: np.ndarray, scaling: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dA, dB) of y = ... + s * u A^T B^T, without du (see the module docstring): the
+    adapter's share of a backward whose dx went through the folded weight.
+
+    Shapes: dout (N, out), u (N, in) -> dA (r, in), dB (out, r).
+    """
+    s = dout.dtype.type(scaling)
+    hs = _down(u, lora_a)  # (N, in) @ (in, r) -> (N, r)
+    hs *= s
+    dlora_b = _outer(dout, hs)  # s * g^T h: (out, N) @ (N, r) -> (out, r)
+    dh = dout @ lora_b  # (N, out) @ (out, r) -> (N, r)
+    dh *= s
+    dlora_a = dh.T @ u  # (r, N) @ (N, in) -> (r, in)
+    return dlora_a, dlora_b
 
 
 def lora_delta_backward(
@@ -72,7 +126,7 @@ def lora_delta_backward(
     Shapes: dout (N, out), u (N, in), h = u A^T (N, r) -> du (N, in), dA (r, in), dB (out, r).
     """
     s = dout.dtype.type(scaling)
-    dlora_b = dout.T @ (h * s)  # s * g^T h: (out, N) @ (N, r) -> (out, r)
+    dlora_b = _outer(dout, h * s)  # s * g^T h: (out, N) @ (N, r) -> (out, r)
     dh = dout @ lora_b  # (N, out) @ (out, r) -> (N, r)
     dh *= s
     dlora_a = dh.T @ u  # (r, N) @ (N, in) -> (r, in)

@@ -23,6 +23,9 @@ class Linear(Module):
     * ``project(x, out=None)``: the same output, nothing kept (inference, or a caller
       that keeps x itself or can rebuild it);
     * ``backward_from_input(dout, x)``: the backward of ``project(x)``, given x again.
+
+    Both multiply by ``matrix(rows)``, the weight as the layer applies it to that many rows
+    (a LoRA layer folds its update into it when that is cheaper).
     """
 
     def __init__(
@@ -48,6 +51,10 @@ class Linear(Module):
     def out_features(self) -> int:
         return self.weight.shape[1]
 
+    def matrix(self, rows: int) -> np.ndarray:
+        """The (in, out) matrix ``rows`` rows of x are multiplied by: the weight itself."""
+        return self.weight.data
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.project(x)
         self._cache = x
@@ -60,13 +67,13 @@ class Linear(Module):
     def project(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """x (..., in) -> x W + b (..., out), written into ``out`` (a C-contiguous array of
         that shape) when given. Nothing is kept for a backward."""
-        weight = self.weight.data
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in): BLAS sees one 2-D product
+        weight = self.matrix(len(x2))
         if x.shape[-1] != weight.shape[0]:
             raise ValueError(
                 f"linear: x has last dimension {x.shape[-1]} but weight expects "
                 f"{weight.shape[0]} (weight shape {weight.shape})"
             )
-        x2 = x.reshape(-1, x.shape[-1])  # (N, in): BLAS sees one 2-D product
         y2 = np.matmul(x2, weight, out=None if out is None else out.reshape(len(x2), -1))
         if self.bias is not None:
             y2 += self.bias.data
@@ -79,7 +86,8 @@ class Linear(Module):
         weight, bias = self.weight, self.bias
         has_bias = bias is not None and bias.requires_grad
         dx, dweight, dbias = linear_backward(
-            dout, (x, weight.data, has_bias), need_weight=weight.requires_grad
+            dout, (x, self.matrix(dout.size // dout.shape[-1]), has_bias),
+            need_weight=weight.requires_grad,
         )
         if dweight is not None:
             weight.grad += dweight

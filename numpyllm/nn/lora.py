@@ -7,7 +7,12 @@ import math
 import numpy as np
 
 from numpyllm.functional.dropout import dropout_backward, dropout_forward
-from numpyllm.functional.lora import lora_delta_backward, lora_delta_forward
+from numpyllm.functional.lora import (
+    lora_adapter_gradients,
+    lora_delta_backward,
+    lora_delta_forward,
+    lora_weight,
+)
 from numpyllm.nn.linear import Linear
 from numpyllm.nn.norms import Dropout
 from numpyllm.nn.parameter import Parameter
@@ -66,6 +71,21 @@ class LoraLinear(Linear):
         s = self.lora_A.dtype.type(self.scaling)
         return (self.lora_A.data.T * s) @ self.lora_B.data.T  # (in, r) @ (r, out)
 
+    def folds(self, rows: int) -> bool:
+        """Whether a product over ``rows`` rows takes the update folded into the weight,
+        W' = W + s A^T B^T: only when the adapter's input is x itself (no dropout drawn),
+        and when forming W' (in out r multiply-adds) costs less than the adapter's own
+        products over the rows (rows r (in + out), and two (rows, in or out) arrays more):
+        a training batch folds, a generation step of a few tokens does not."""
+        in_, out = self.weight.shape
+        return not self.draws_in_forward and rows * (in_ + out) >= in_ * out
+
+    def matrix(self, rows: int) -> np.ndarray:
+        """W' when the product folds (``folds``), else W, the adapter going its own way."""
+        if not self.folds(rows):
+            return self.weight.data
+        return lora_weight(self.weight.data, self.lora_A.data, self.lora_B.data, self.scaling)
+
     def unwrapped(self) -> Linear:
         """A plain Linear holding this layer's base Parameters (the adapter dropped)."""
         plain = Linear(1, 1, bias=False)
@@ -74,31 +94,35 @@ class LoraLinear(Linear):
         return plain
 
     def project(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        y = super().project(x, out)  # x W + b, (..., out)
+        y = super().project(x, out)  # x W' + b (..., out) when folded: the whole layer
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        if self.folds(len(x2)):
+            return y
         drop = self.lora_dropout
         u, mask = dropout_forward(x2, drop.p, drop.rng, training=self.training)
         if mask is not None:  # kept for the backward, in the order made
             self._set_masks([*self._masks(), mask])
         delta, _ = lora_delta_forward(u, self.lora_A.data, self.lora_B.data, self.scaling)
-        y.reshape(-1, y.shape[-1])[...] += delta  # (N, out)
+        y.reshape(-1, y.shape[-1])[...] += delta  # x W + b + s u A^T B^T  (N, out)
         return y
 
     def backward_from_input(self, dout: np.ndarray, x: np.ndarray) -> np.ndarray:
-        dx = super().backward_from_input(dout, x)  # dout W^T; dW only if W is trainable
+        dx = super().backward_from_input(dout, x)  # dout W'^T or dout W^T; dW if trainable
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        mask = self._take_mask(len(x2))
-        u = x2 if mask is None else x2 * mask  # dropout(x) as the forward drew it
-        h = u @ self.lora_A.data.T  # (N, r), recomputed: thin, cheaper than keeping it
         g2 = dout.reshape(-1, dout.shape[-1])  # (N, out)
-        du, dlora_a, dlora_b = lora_delta_backward(
-            g2, u, h, self.lora_A.data, self.lora_B.data, self.scaling
-        )
+        a, b = self.lora_A.data, self.lora_B.data
+        mask = self._take_mask(len(x2))
+        if self.folds(len(x2)):  # dx already has the adapter's share, through W'
+            dlora_a, dlora_b = lora_adapter_gradients(g2, x2, a, b, self.scaling)
+        else:
+            u = x2 if mask is None else x2 * mask  # dropout(x) as the forward drew it
+            h = u @ np.ascontiguousarray(a.T)  # (N, r), recomputed: thin, cheaper than kept
+            du, dlora_a, dlora_b = lora_delta_backward(g2, u, h, a, b, self.scaling)
+            dx.reshape(-1, x2.shape[1])[...] += dropout_backward(du, mask)
         if self.lora_A.requires_grad:
             self.lora_A.grad += dlora_a
         if self.lora_B.requires_grad:
             self.lora_B.grad += dlora_b
-        dx.reshape(-1, x2.shape[1])[...] += dropout_backward(du, mask)
         return dx
 
     def _take_mask(self, rows: int) -> np.ndarray | None:

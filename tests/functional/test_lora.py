@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numpyllm.functional.lora import lora_backward, lora_forward
+from numpyllm.functional.lora import (
+    lora_adapter_gradients,
+    lora_backward,
+    lora_forward,
+    lora_weight,
+)
 from numpyllm.gradcheck import gradcheck
 from numpyllm.nn.linear import Linear
 from numpyllm.nn.lora import LoraLinear
@@ -59,6 +64,32 @@ def test_forward_is_the_merged_weight_and_a_frozen_weight_gets_no_gradient(
     assert without_w[1] is None
     for a, b in zip(with_w[:1] + with_w[2:], without_w[:1] + without_w[2:]):
         np.testing.assert_array_equal(a, b)
+
+
+@given(batch=batch_shapes(), d_in=SIDE, d_out=SIDE, r=RANK, scaling=st.floats(0.25, 4.0),
+       seed=seeds())  # fmt: skip
+def test_folded_weight_gives_the_same_output_and_gradients(batch, d_in, d_out, r, scaling, seed):
+    """Without dropout: y = x W' + b and dx = g W'^T with W' = W + s A^T B^T, and the thin
+    products alone give dA and dB (the layer's folded form)."""
+    inp = draw_inputs(batch, d_in, d_out, r, seed)
+    y, cache = lora_forward(**inp, scaling=scaling)
+    dout = random_dout(batch + (d_out,), seed)
+    dx, _, _, da, dbb = lora_backward(dout, cache)
+    folded = lora_weight(inp["weight"], inp["lora_a"], inp["lora_b"], scaling)
+    np.testing.assert_allclose(inp["x"] @ folded + inp["bias"], y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dout @ folded.T, dx, rtol=1e-12, atol=1e-12)
+    g2, x2 = dout.reshape(-1, d_out), inp["x"].reshape(-1, d_in)
+    fda, fdb = lora_adapter_gradients(g2, x2, inp["lora_a"], inp["lora_b"], scaling)
+    np.testing.assert_allclose(fda, da, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fdb, dbb, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_folds_for_many_rows_and_not_for_a_few_or_with_dropout():
+    layer = lora_layer(6, 4, 2, 0.0, seed=0)
+    assert layer.folds(3) and not layer.folds(2)  # rows (in + out) >= in out
+    with_dropout = lora_layer(6, 4, 2, 0.5, seed=0)
+    assert not with_dropout.folds(100)
+    assert with_dropout.eval().folds(100)  # dropout is the identity in evaluation
 
 
 def lora_layer(d_in, d_out, r, p, seed, dtype=np.float64):
