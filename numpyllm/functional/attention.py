@@ -499,6 +499,29 @@ def _blocked_forward(
     return out, row_lse
 
 
+def _probs_and_dprobs(
+    q_rows: np.ndarray,
+    g: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    rows: slice,
+    blocks: list[tuple[slice, np.ndarray | None]],
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+    lead: list[int],
+    row_lse: np.ndarray,
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """For the queries ``rows`` and each of their key ``blocks``: the keys, P rebuilt from the
+    row log-sum-exp and dP = g V^T, both fresh (..., bq, bk) arrays. No name here holds
+    them after the yield, so the caller frees each block as soon as it drops it."""
+    for cols, table in blocks:
+        yield (
+            cols,
+            _block_probs(q_rows, k, rows, cols, mask, bias, table, lead, row_lse),
+            g @ v[..., cols, :].swapaxes(-1, -2),  # (..., bq, dv) @ (..., dv, bk)
+        )
+
+
 def _blocked_backward(
     dout: np.ndarray, cache: tuple, out: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -529,17 +552,14 @@ def _blocked_backward(
         g = dout[..., rows, :]  # (..., bq, dv)
         lse = row_lse[..., rows, :]
         blocks = list(_key_blocks(rows, tq, tk, block, causal, dtype))
+        pairs = (q_rows, g, k, v, rows, blocks, mask, bias, lead, lse)
         if out is None:  # rowdot_i = sum_j rowsum(dP_ij * P_ij), over every key block first
-            for cols, table in blocks:
-                p = _block_probs(q_rows, k, rows, cols, mask, bias, table, lead, lse)
-                dp = g @ v[..., cols, :].swapaxes(-1, -2)  # (..., bq, dv) @ (..., dv, bk)
+            for _, p, dp in _probs_and_dprobs(*pairs):
                 row_dot[..., rows, :] += np.einsum("...ij,...ij->...i", dp, p)[..., None]
-        for cols, table in blocks:
-            p = _block_probs(q_rows, k, rows, cols, mask, bias, table, lead, lse)
+        for cols, p, ds in _probs_and_dprobs(*pairs):
             dv[..., cols, :] += p.swapaxes(-1, -2) @ g  # (..., bk, bq) @ (..., bq, dv)
-            ds = g @ v[..., cols, :].swapaxes(-1, -2)  # dP: (..., bq, dv) @ (..., dv, bk)
             ds -= row_dot[..., rows, :]
-            ds *= p  # dS = P * (dP - rowdot)
+            ds *= p  # dS = P * (dP - rowdot), in place in dP
             del p
             dq[..., rows, :] += ds @ k[..., cols, :]  # (..., bq, bk) @ (..., bk, d)
             dk[..., cols, :] += ds.swapaxes(-1, -2) @ q_rows  # scale is inside q_rows

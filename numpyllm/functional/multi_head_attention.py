@@ -227,7 +227,10 @@ def multi_head_attention_backward(
         )
     dmerged, dw_o, db_o = linear_backward(dout, o_cache)  # (..., Tq, d_out) -> (..., Tq, inner_v)
     dattended = split_heads(dmerged, n_head)  # (..., Tq, inner_v) -> (..., H, Tq, dh_v)
-    dq_heads, dk_heads, dv_heads, dbias = attention_backward(dattended, attn_cache)
+    # o_proj's input is attention's output with its heads merged: as heads again (a view) it
+    # gives the backward its row term g . out without rebuilding P for it
+    attended = split_heads(o_cache[0], n_head)  # (..., Tq, inner_v) -> (..., H, Tq, dh_v)
+    dq_heads, dk_heads, dv_heads, dbias = attention_backward(dattended, attn_cache, out=attended)
     dq = merge_heads(dq_heads)  # (..., H, Tq, dh) -> (..., Tq, inner)
     dk = merge_heads(dk_heads)  # (..., H, Tk, dh) -> (..., Tk, inner)
     dv = merge_heads(dv_heads)  # (..., H, Tk, dh_v) -> (..., Tk, inner_v)

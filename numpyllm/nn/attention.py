@@ -81,7 +81,7 @@ class MultiHeadAttention(Module):
     ):
         self._cache = None
         if kv is not None:
-            out, _ = self._attend(x, kv, mask, bias, keep=False)
+            out, _, _ = self._attend(x, kv, mask, bias, keep=False)
             return (out, kv) if use_cache else out
         x = np.asarray(x)
         self_attention = x_kv is None
@@ -91,14 +91,15 @@ class MultiHeadAttention(Module):
             k = np.concatenate([past_kv[0], k], axis=-2)  # (B, H, Tpast + Tk, dh)
             v = np.concatenate([past_kv[1], v], axis=-2)
         keep = past_kv is None and not use_cache  # a cached call is inference only
-        out, attn_cache = self._attend(x, (k, v), mask, bias, keep=keep)  # (B, Tq, d_model)
+        out, attn_cache, merged = self._attend(x, (k, v), mask, bias, keep=keep)  # (B, Tq, d)
         if keep:
-            self._cache = (x, x_kv, attn_cache, self_attention)
+            self._cache = (x, x_kv, attn_cache, merged, self_attention)
         return (out, (k, v)) if use_cache else out
 
-    def _attend(self, x, kv, mask, bias, keep: bool) -> tuple[np.ndarray, tuple]:
-        """Queries of x attend to the projected keys and values: out (B, Tq, d_model) and
-        attention's cache. With ``keep``, o_proj keeps its input for the backward."""
+    def _attend(self, x, kv, mask, bias, keep: bool) -> tuple[np.ndarray, tuple, np.ndarray]:
+        """Queries of x attend to the projected keys and values: out (B, Tq, d_model),
+        attention's cache and its output with the heads merged (B, Tq, inner), o_proj's
+        input. With ``keep``, o_proj keeps that input for the backward."""
         q = self.q_proj.project(x)  # (B, Tq, d_model) -> (B, Tq, inner)
         attended, attn_cache = attention_forward(
             split_heads(q, self.n_head), kv[0], kv[1],
@@ -106,7 +107,7 @@ class MultiHeadAttention(Module):
         )  # fmt: skip  (B, H, Tq, head_dim)
         merged = merge_heads(attended)  # (B, H, Tq, dh) -> (B, Tq, inner)
         out = self.o_proj(merged) if keep else self.o_proj.project(merged)  # (B, Tq, d_model)
-        return out, attn_cache
+        return out, attn_cache, merged
 
     def backward(self, dout: np.ndarray):
         if self._cache is None:
@@ -114,10 +115,15 @@ class MultiHeadAttention(Module):
                 "MultiHeadAttention.backward called without a training forward (a forward "
                 "with past_kv, kv or use_cache is inference only)"
             )
-        x, x_kv, attn_cache, self_attention = self._cache
+        x, x_kv, attn_cache, merged, self_attention = self._cache
         self._cache = None
+        # attention's output, as heads again (a view of what o_proj keeps anyway), gives the
+        # backward its row term g . out without rebuilding P for it
+        attended = split_heads(merged, self.n_head)  # (B, Tq, inner) -> (B, H, Tq, dh)
         dmerged = self.o_proj.backward(dout)  # (B, Tq, d_model) -> (B, Tq, inner)
-        dq, dk, dv, dbias = attention_backward(split_heads(dmerged, self.n_head), attn_cache)
+        dq, dk, dv, dbias = attention_backward(
+            split_heads(dmerged, self.n_head), attn_cache, out=attended
+        )
         dx = self.q_proj.backward_from_input(merge_heads(dq), x)  # (B, Tq, d_model)
         dx_kv = self.k_proj.backward_from_input(merge_heads(dk), x_kv)  # (B, Tk, d_model)
         dx_kv += self.v_proj.backward_from_input(merge_heads(dv), x_kv)  # x_kv feeds K and V
