@@ -498,7 +498,8 @@ def _bert_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> lis
     batch at once, so its two score-sized temporaries hold rows * H * T * T numbers (one
     block's worth beyond ``DEFAULT_BLOCK_SIZE``). Embeddings keep the LayerNorm's input,
     the dropout mask and output (3u); the MLM head its transform's input, activation cache
-    and norm (4u) and cross-entropy's exp(logits) (B T V s)."""
+    and norm (4u) and cross-entropy's exp(logits) (B T V s). With recomputation a layer keeps
+    only its input (u) and one layer's caches are rebuilt at a time (a temporary)."""
     cfg = model.config
     s = 4
     d, H, V, f = cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.d_ff
@@ -508,10 +509,12 @@ def _bert_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> lis
     layers = [_row("embeddings", _module_params(model.embeddings), 3 * u, 2 * u, 0.0)]
     for i, layer in enumerate(model.encoder):
         params = _module_params(layer)
-        flops = 6 * (4 * d * d + 2 * d * f) + 12 * T * d
-        kept = _encoder_layer(B, T, d, d, f, s, cfg.dropout, "plain")
+        passes = 4 if recompute else 3  # forward + backward (2 forwards' worth) [+ again]
+        flops = passes * (2 * (4 * d * d + 2 * d * f) + 4 * T * d)
+        cached = _encoder_layer(B, T, d, d, f, s, cfg.dropout, "plain")
         temps = 6 * u + max(scores, 2 * B * T * f * s) + (threads - 1) * params
-        layers.append(_row(f"layer {i}", params, kept, temps, flops))
+        temps += cached if recompute else 0
+        layers.append(_row(f"layer {i}", params, u if recompute else cached, temps, flops))
     head = _module_params(model.mlm_transform, model.mlm_norm, model.pooler, model.classifier)
     head += model.mlm_bias.data.nbytes
     layers.append(
@@ -526,7 +529,9 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
     ``_encoder_layer`` (inner = H d_kv); a decoder block adds cross-attention (its norm,
     q and merged heads over the decoder's tokens, k and v over the encoder's: 2u + 4 inner).
     Each stack keeps its position bias (1, H, T, T) and its gradient; the encoder's output
-    is kept for every cross-attention."""
+    is kept for every cross-attention. With recomputation a block keeps only its input (u;
+    the position bias and the encoder's output are the stacks', counted once) and one
+    block's caches are rebuilt at a time (a temporary)."""
     cfg = model.config
     s = 4
     d, H, V, f = cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.d_ff
@@ -542,15 +547,18 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
         kind = "decoder" if stack.is_decoder else "encoder"
         for i, block in enumerate(stack.blocks):
             params = _module_params(block)
-            kept = _encoder_layer(B, T, d, inner, f, s, cfg.dropout, ffn)
-            flops = 6 * proj + 12 * T * inner
+            cached = _encoder_layer(B, T, d, inner, f, s, cfg.dropout, ffn)
+            forward_flops = 2 * proj + 4 * T * inner
             if stack.is_decoder:
-                kept += 2 * u + 4 * B * T * inner * s
-                flops += 6 * 4 * d * inner + 12 * T * inner
+                cached += 2 * u + 4 * B * T * inner * s
+                forward_flops += 2 * 4 * d * inner + 4 * T * inner
+            flops = (4 if recompute else 3) * forward_flops
+            kept = u if recompute else cached
             if i == 0:
                 kept += bias
                 params += _module_params(stack.relative_attention_bias, stack.final_norm)
             temps = 6 * u + max(scores, 2 * B * T * f * s) + (threads - 1) * params
+            temps += cached if recompute else 0
             layers.append(_row(f"{kind} {i}", params, kept, temps, flops))
     head = _module_params(model.lm_head)
     layers.append(
@@ -586,7 +594,8 @@ def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> li
         params = _module_params(layer)
         weights = sum(p.data.size for p in layer.parameters())
         flops = (4 if recompute else 3) * (2 * weights + 4 * T * d)
-        temps = 6 * u + max(scores, 3 * B * T * f * s * threads) + (threads - 1) * params
+        mlp = 3 * rows * T * f * s * threads  # each thread's three (rows, T, d_ff) arrays
+        temps = 6 * u + max(scores, mlp) + (threads - 1) * params
         temps += cached if recompute else 0
         layers.append(_row(f"layer {i}", params, kept, temps, flops))
     head = _module_params(model.model.norm, model.lm_head)

@@ -80,6 +80,26 @@ def test_activations_grow_linearly_with_the_batch_and_flops_per_token_do_not(b, 
     assert low.flops_per_token > high.flops_per_token
 
 
+@pytest.mark.parametrize("name", ["GPT", "BERT", "T5", "Llama"])
+def test_every_model_reports_recomputation_and_the_guard_suggests_it(name):
+    """Each model can recompute (the execution layer does it for any repeated block), so its
+    report with recomputation keeps less, computes more, and the refusal of a run too large
+    for the budget offers --gradient-checkpointing with a batch that the estimate fits."""
+    model = tiny_models()[name]
+    whole = memory_report(model, 8, 32, recompute=False, threads=1, available=None)
+    lean = memory_report(model, 8, 32, recompute=True, threads=1, available=None)
+    assert lean.recompute and lean.can_recompute
+    assert lean.activations < whole.activations
+    assert lean.flops_per_token > whole.flops_per_token
+    assert lean.peak < whole.peak
+    budget = whole.process + (whole.model_bytes + lean.model_bytes) // 2
+    report = memory_report(model, 8, 32, recompute=False, threads=1, available=budget)
+    assert not report.fits
+    assert "--gradient-checkpointing" in report.fitting  # alone: the whole batch then fits
+    assert "--gradient-checkpointing" in report.suggestions()
+    assert memory_report(model, 8, 32, recompute=True, threads=1, available=budget).fits
+
+
 def test_gpt_flops_per_token_agree_with_the_models_own_estimate():
     model = tiny_gpt()
     report = memory_report(model, 2, 32, recompute=False, available=None)
