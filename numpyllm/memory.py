@@ -8,8 +8,10 @@ Every figure is in bytes and follows from the shapes alone (B rows of T tokens, 
 d_ff, H heads, vocabulary V, s bytes per number), so nothing is allocated to find it:
 
     parameters    every parameter array, as the model holds it
-    gradients     one array the size of each parameter (``Parameter.grad``)
-    optimizer     AdamW keeps two (m and v), SGD with momentum one, plain SGD none
+    gradients     one array the size of each trainable parameter (``Parameter.grad``; a
+                  frozen one, ``requires_grad = False``, has none: a LoRA run's base model)
+    optimizer     AdamW keeps two (m and v), SGD with momentum one, plain SGD none, for
+                  each trainable parameter
     activations   the arrays a forward keeps for its backward: about ten (B, T, d) arrays
                   per GPT block (see ``_gpt_plan``), one with recomputation
     temporaries   the largest arrays that live only inside one layer's forward or backward
@@ -301,6 +303,7 @@ def memory_report(
                ``num_threads`` resolved as a training pass would resolve it.
     available: bytes available; "auto" reads them from the system (``available_memory``).
     """
+    model = _plain_model(model)
     name = type(model).__name__
     plan = PLANS.get(name)
     if plan is None:
@@ -330,7 +333,7 @@ def memory_report(
         parts = threads or _training_threads(model, batch, seq)
         layers = plan(model, batch, seq, recompute, parts)
         for layer in layers:
-            layer.optimizer = OPTIMIZER_SLOTS[optimizer] * layer.parameters
+            layer.optimizer = OPTIMIZER_SLOTS[optimizer] * layer.gradients
         return MemoryReport(
             model_name=name,
             batch_size=batch,
@@ -396,24 +399,41 @@ def _training_threads(model: Any, batch: int, seq: int) -> int:
     return max(1, min(part_count(setting, batch * seq, width), batch))
 
 
+def _plain_model(model: Any) -> Any:
+    """The model itself; a ``numpyllm.peft.PeftModel``'s base model (adapters included)."""
+    from numpyllm.peft import PeftModel
+
+    return model.base_model if isinstance(model, PeftModel) else model
+
+
 def _module_params(*modules: Any) -> int:
+    return _bytes(modules, trainable=False)
+
+
+def _bytes(modules: tuple[Any, ...], trainable: bool) -> int:
+    """Bytes of the modules' parameters (each once; a Parameter counts as itself); with
+    ``trainable``, of those with ``requires_grad`` alone, which get a gradient and optimizer
+    state."""
     seen: set[int] = set()
     total = 0
     for module in modules:
         if module is None:
             continue
-        for p in module.parameters():
-            if id(p) not in seen:
+        for p in module.parameters() if hasattr(module, "parameters") else [module]:
+            if id(p) not in seen and (p.requires_grad or not trainable):
                 seen.add(id(p))
                 total += p.data.nbytes
     return total
 
 
-def _row(name: str, params: int, activations: float, temporaries: float, flops: float):
+def _row(name: str, params: int, activations: float, temporaries: float, flops: float,
+         *grad_modules: Any):  # fmt: skip
+    """A report row; ``grad_modules``, the modules ``params`` counts: only their trainable
+    parameters have gradients (all of ``params`` when none are given)."""
     return LayerMemory(
         name=name,
         parameters=params,
-        gradients=params,
+        gradients=_bytes(grad_modules, trainable=True) if grad_modules else params,
         optimizer=0,
         activations=int(activations),
         temporaries=int(temporaries),
@@ -464,7 +484,8 @@ def _gpt_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list
     mlp = 3 * min(blocks.mlp_rows, rows_per_part * T) * f * s * threads
     cached = (6 + f / d + 2 * drop) * u + 3 * B * T * s * (H + 4)  # + row lse, norm stats
     kept = u if recompute else cached
-    layers = [_row("embeddings", _module_params(model.wte, model.wpe), (1 + drop) * u, 2 * u, 0.0)]
+    layers = [_row("embeddings", _module_params(model.wte, model.wpe), (1 + drop) * u, 2 * u, 0.0,
+                   model.wte, model.wpe)]  # fmt: skip
     forward_passes = 4 if recompute else 3  # forward + backward (2 forwards' worth) [+ again]
     for i, block in enumerate(model.h):
         params = _module_params(block)
@@ -472,11 +493,12 @@ def _gpt_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list
         flops = forward_passes * (2 * weights + 4 * T * d)
         replica_grads = (threads - 1) * params  # a replica's block gradients, while added
         temps = 6 * u + max(scores, mlp) + replica_grads + (cached if recompute else 0)
-        layers.append(_row(f"block {i}", params, kept, temps, flops))
+        layers.append(_row(f"block {i}", params, kept, temps, flops, block))
     head_temps = B * T * V * s + V * d * s + 2 * u
     head_flops = 6 * (V * d + 2 * d)  # the tied head's matmul (and ln_f, as GPT counts it)
     layers.append(
-        _row("head + loss", _module_params(model.ln_f), u + B * T * V * s, head_temps, head_flops)
+        _row("head + loss", _module_params(model.ln_f), u + B * T * V * s, head_temps, head_flops,
+             model.ln_f)  # fmt: skip
     )
     return layers
 
@@ -506,7 +528,8 @@ def _bert_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> lis
     u = B * T * d * s
     rows = math.ceil(B / threads)
     scores = 2 * _attention_scores(rows, H, T, T) * s * threads
-    layers = [_row("embeddings", _module_params(model.embeddings), 3 * u, 2 * u, 0.0)]
+    layers = [_row("embeddings", _module_params(model.embeddings), 3 * u, 2 * u, 0.0,
+                   model.embeddings)]  # fmt: skip
     for i, layer in enumerate(model.encoder):
         params = _module_params(layer)
         passes = 4 if recompute else 3  # forward + backward (2 forwards' worth) [+ again]
@@ -514,12 +537,13 @@ def _bert_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> lis
         cached = _encoder_layer(B, T, d, d, f, s, cfg.dropout, "plain")
         temps = 6 * u + max(scores, 2 * B * T * f * s) + (threads - 1) * params
         temps += cached if recompute else 0
-        layers.append(_row(f"layer {i}", params, u if recompute else cached, temps, flops))
+        layers.append(_row(f"layer {i}", params, u if recompute else cached, temps, flops, layer))
     head = _module_params(model.mlm_transform, model.mlm_norm, model.pooler, model.classifier)
     head += model.mlm_bias.data.nbytes
     layers.append(
         _row("head + loss", head, 4 * u + B * T * V * s, B * T * V * s + V * d * s + 2 * u,
-             6 * (d * d + V * d))
+             6 * (d * d + V * d), model.mlm_transform, model.mlm_norm, model.pooler,
+             model.classifier, model.mlm_bias)
     )  # fmt: skip
     return layers
 
@@ -541,7 +565,7 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
     rows = math.ceil(B / threads)
     scores = 2 * _attention_scores(rows, H, T, T) * s * threads
     bias = 2 * H * T * T * s  # the position bias and its gradient, per stack
-    layers = [_row("embeddings", _module_params(model.shared), 2 * u, 2 * u, 0.0)]
+    layers = [_row("embeddings", _module_params(model.shared), 2 * u, 2 * u, 0.0, model.shared)]
     proj = 4 * d * inner + (3 if cfg.gated else 2) * d * f
     for stack in (model.encoder, model.decoder):
         kind = "decoder" if stack.is_decoder else "encoder"
@@ -554,16 +578,18 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
                 forward_flops += 2 * 4 * d * inner + 4 * T * inner
             flops = (4 if recompute else 3) * forward_flops
             kept = u if recompute else cached
+            owned = [block]
             if i == 0:
                 kept += bias
-                params += _module_params(stack.relative_attention_bias, stack.final_norm)
+                owned += [stack.relative_attention_bias, stack.final_norm]
+                params += _module_params(*owned[1:])
             temps = 6 * u + max(scores, 2 * B * T * f * s) + (threads - 1) * params
             temps += cached if recompute else 0
-            layers.append(_row(f"{kind} {i}", params, kept, temps, flops))
+            layers.append(_row(f"{kind} {i}", params, kept, temps, flops, *owned))
     head = _module_params(model.lm_head)
     layers.append(
         _row("head + loss", head, 2 * u + B * T * V * s, B * T * V * s + V * d * s + 2 * u,
-             6 * V * d)
+             6 * V * d, model.lm_head)
     )  # fmt: skip
     return layers
 
@@ -589,7 +615,8 @@ def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> li
     scores = 2 * _attention_scores(rows, H, T, T) * s * threads
     cached = (8 + 2 / G) * u + 4 * B * T * f * s + B * T * H * s * 2
     kept = u if recompute else cached
-    layers = [_row("embeddings", _module_params(model.model.embed_tokens), u, 2 * u, 0.0)]
+    layers = [_row("embeddings", _module_params(model.model.embed_tokens), u, 2 * u, 0.0,
+                   model.model.embed_tokens)]  # fmt: skip
     for i, layer in enumerate(model.model.layers):
         params = _module_params(layer)
         weights = sum(p.data.size for p in layer.parameters())
@@ -597,11 +624,11 @@ def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> li
         mlp = 3 * rows * T * f * s * threads  # each thread's three (rows, T, d_ff) arrays
         temps = 6 * u + max(scores, mlp) + (threads - 1) * params
         temps += cached if recompute else 0
-        layers.append(_row(f"layer {i}", params, kept, temps, flops))
+        layers.append(_row(f"layer {i}", params, kept, temps, flops, layer))
     head = _module_params(model.model.norm, model.lm_head)
     layers.append(
         _row("head + loss", head, 2 * u + B * T * V * s, B * T * V * s + V * d * s + 2 * u,
-             6 * V * d)
+             6 * V * d, model.model.norm, model.lm_head)
     )  # fmt: skip
     return layers
 
@@ -619,7 +646,7 @@ PLANS: dict[str, Callable[..., list[LayerMemory]]] = {
 def check_training_memory(model: Any, batch_size: int, seq_len: int) -> MemoryReport | None:
     """The report of a training step, raising ``InsufficientMemoryError`` if it does not fit;
     None for a model with no plan (nothing to check)."""
-    if type(model).__name__ not in PLANS:
+    if type(_plain_model(model)).__name__ not in PLANS:
         return None
     report = memory_report(model, batch_size, seq_len)
     report.check()

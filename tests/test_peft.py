@@ -180,3 +180,16 @@ def test_adapter_dropout_with_recomputed_activations_draws_the_same_masks(thread
     assert losses[0] == losses[1]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [gpt, bert, t5], ids=["gpt", "bert", "t5"])
+def test_memory_report_counts_gradients_and_optimizer_state_of_the_adapters_alone(make):
+    model = make()
+    full = nl.memory_report(model, batch_size=2, seq_len=6, available=None)
+    pm = nl.peft.get_peft_model(model, nl.peft.LoraConfig(r=2, bias="lora_only"))
+    lora = nl.memory_report(pm, batch_size=2, seq_len=6, available=None)
+    trainable = sum(p.data.nbytes for p in pm.trainable_parameters())
+    assert lora.gradients == trainable and lora.optimizer == 2 * trainable  # AdamW: m and v
+    adapters = sum(p.data.nbytes for name, p in pm.named_parameters() if ".lora_" in name)
+    assert lora.parameters == full.parameters + adapters
+    assert lora.peak - lora.process < full.peak - full.process

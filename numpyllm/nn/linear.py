@@ -55,9 +55,16 @@ class Linear(Module):
         """The (in, out) matrix ``rows`` rows of x are multiplied by: the weight itself."""
         return self.weight.data
 
+    def needs_input(self) -> bool:
+        """Whether the backward reads x: only dW = x^T g does (dx = g W^T and db do not)."""
+        return self.weight.requires_grad
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.project(x)
-        self._cache = x
+        # A frozen weight's backward needs x's shape alone: a stand-in with x's shape and
+        # no memory (every stride 0) is kept instead, and x is freed once its caller is done
+        # with it (e.g. a frozen output projection's (B, T, d_ff) input, in a LoRA run).
+        self._cache = x if self.needs_input() else np.broadcast_to(x.dtype.type(0), x.shape)
         return out
 
     def backward(self, dout: np.ndarray) -> np.ndarray:

@@ -65,6 +65,10 @@ class LoraLinear(Linear):
         """Whether a forward draws dropout masks, which a recomputed pass must draw again."""
         return self.training and self.lora_dropout.p > 0.0
 
+    def needs_input(self) -> bool:
+        """Always: the adapter's gradients are products with x."""
+        return True
+
     def delta_weight(self) -> np.ndarray:
         """The update in W's (in, out) layout: s * A^T B^T, so that W + delta_weight() is the
         merged weight."""

@@ -86,6 +86,8 @@ def test_a_frozen_weight_never_forms_its_gradient_product(monkeypatch):
     layer.weight.requires_grad = False
     x = np.random.default_rng(0).standard_normal((5, 4))
     layer(x)
+    kept = layer._cache  # x's shape alone: nothing of x stays alive for the backward
+    assert kept.shape == x.shape and kept.strides == (0, 0) and not np.shares_memory(kept, x)
     dx = layer.backward(np.ones((5, 3)))
     assert calls == [False] and layer.weight.grad is None
     np.testing.assert_allclose(dx, np.ones((5, 3)) @ layer.weight.data.T)
