@@ -73,7 +73,7 @@ def rope_forward(
 
     Shapes: x (..., T, dh), cos and sin (T, dh) from ``rope_tables`` -> y (..., T, dh), a
     new C-contiguous array in x's dtype (so a caller may fold its axes into a view).
-    Three elementwise passes: y = x c, then each half adds the other half times s.
+    Passes over whole rows: a C-ordered copy, the halves swapped, y ⊙ c, + swap ⊙ ±s.
     """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
@@ -95,20 +95,26 @@ def rope_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]) -> np.
 
 
 def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, sign: float) -> np.ndarray:
-    """x ⊙ cos + sign · rotate_half(x) ⊙ sin, written half by half without building
-    rotate_half(x): y_a = x_a c_a - sign x_b s_a,  y_b = x_b c_b + sign x_a s_b."""
+    """x ⊙ cos + sign · rotate_half(x) ⊙ sin, as whole-vector passes over C-ordered arrays.
+
+    rotate_half(x) = [-x_b, x_a] is the halves swapped, swap(x) = [x_b, x_a], times the
+    signs [-1, +1], which go into the (T, dh) table instead of the big array:
+
+        y = x ⊙ cos + swap(x) ⊙ (sign · [-sin_a, sin_b])
+
+    (an element-wise pass over one half of the last axis is a strided loop, which NumPy
+    runs several times slower than a pass over whole rows; x itself may be a transposed
+    view of a projection's output, so it is copied to C order first, in one pass).
+    """
     half = x.shape[-1] // 2
-    y = np.empty(x.shape, dtype=x.dtype)  # C order, whatever x's strides
-    np.multiply(x, cos, out=y)
-    a, b = slice(None, half), slice(half, None)
-    term = x[..., b] * sin[:, a]  # (..., T, dh/2)
-    if sign > 0:
-        y[..., a] -= term
-    else:
-        y[..., a] += term
-    np.multiply(x[..., a], sin[:, b], out=term)
-    if sign > 0:
-        y[..., b] += term
-    else:
-        y[..., b] -= term
+    y = np.array(x, order="C")  # (..., T, dh), a fresh C-ordered copy, x's dtype
+    swapped = np.empty_like(y)
+    swapped[..., :half] = y[..., half:]
+    swapped[..., half:] = y[..., :half]
+    signed_sin = np.concatenate((-sin[:, :half], sin[:, half:]), axis=-1)  # (T, dh), small
+    if sign < 0:
+        np.negative(signed_sin, out=signed_sin)
+    y *= cos
+    swapped *= signed_sin
+    y += swapped
     return y
