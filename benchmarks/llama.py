@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.common import CONFIGS, QUICK_CONFIGS, BenchConfig, alternate, one_thread, summary
 from benchmarks.common import torch_available as transformers_available  # checked below
+from benchmarks.train import LR, WEIGHT_DECAY, numpyllm_steps
 
-LR, WEIGHT_DECAY = 3e-4, 0.1
 ATTENTION = ("eager", "sdpa")
 
 
@@ -71,24 +71,7 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int):
     import numpyllm as nl
 
     model = nl.Llama(llama_config(cfg), rng=np.random.default_rng(0))
-    model.num_threads = threads  # the same core budget as BLAS and torch
-    if threads == 1:
-        model.blas_threads = 1
-    opt = nl.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    opt.num_threads = threads
-
-    def train_step():
-        model.train()
-        model(ids, labels=ids)
-        model.backward()
-        opt.step()
-        opt.zero_grad()
-
-    def forward():
-        model.eval()
-        return model(ids).logits
-
-    return model, train_step, forward
+    return (model, *numpyllm_steps(model, ids, threads))
 
 
 def _torch_side(model, ids: np.ndarray, attention: str):

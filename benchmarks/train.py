@@ -22,6 +22,14 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int, recompute: b
     import numpyllm as nl
 
     model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
+    return (model, *numpyllm_steps(model, ids, threads, recompute))
+
+
+def numpyllm_steps(model, ids: np.ndarray, threads: int, recompute: bool = False):
+    """(train_step, forward) of any numpyllm causal model on ``ids``, on ``threads`` cores
+    (the batch split, AdamW's threads; one BLAS thread when ``threads`` is 1)."""
+    import numpyllm as nl
+
     model.num_threads = threads  # the same core budget as BLAS and torch
     if threads == 1:
         model.blas_threads = 1
@@ -40,7 +48,7 @@ def _numpyllm_side(cfg: BenchConfig, ids: np.ndarray, threads: int, recompute: b
         model.eval()
         return model(ids).logits
 
-    return model, train_step, forward
+    return train_step, forward
 
 
 def _torch_side(model, ids: np.ndarray, attention: str):
