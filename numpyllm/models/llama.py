@@ -62,7 +62,13 @@ from numpyllm.functional.swiglu import swiglu_backward, swiglu_forward
 from numpyllm.models import checks
 from numpyllm.models.output import ModelOutput
 from numpyllm.nn.execution import Model, run_forward
-from numpyllm.nn.linear import Embedding, Linear, fused_project, fused_project_backward
+from numpyllm.nn.linear import (
+    Embedding,
+    Linear,
+    fused_input_to_keep,
+    fused_project,
+    fused_project_backward,
+)
 from numpyllm.nn.module import Module, ModuleList
 from numpyllm.nn.norms import RMSNorm
 
@@ -189,7 +195,7 @@ class LlamaAttention(Module):
         heads, attn_cache = grouped_query_attention_forward(q, k, v, causal=True, mask=mask)
         merged = heads.transpose(0, 2, 1, 3).reshape(B, T, H * dh)  # the heads side by side
         y = self.o_proj(merged)  # (B, T, H dh) -> (B, T, d)
-        self._cache = (attn_cache, heads, rope, x)
+        self._cache = (attn_cache, heads, rope, fused_input_to_keep(self.projections(), x))
         return (y, (k, v)) if use_cache else y
 
     def projections(self) -> list[Linear]:

@@ -190,6 +190,15 @@ def fused_project_backward(layers: Sequence[Linear], dout: np.ndarray, x: np.nda
     return dx
 
 
+def fused_input_to_keep(layers: Sequence[Linear], x: np.ndarray) -> np.ndarray:
+    """What a caller of ``fused_project`` keeps for ``fused_project_backward``: x if some
+    layer's backward reads it, else (every weight frozen) a stand-in of x's shape with no
+    memory, as ``Linear.forward`` keeps."""
+    if any(layer.needs_input() for layer in layers):
+        return x
+    return np.broadcast_to(x.dtype.type(0), x.shape)
+
+
 def _all_plain(layers: Sequence[Linear]) -> bool:
     return all(type(layer) is Linear for layer in layers)
 
