@@ -1,6 +1,6 @@
 """python -m benchmarks [--quick] [--threads N] [--only SECTION] [--rounds R]
 
-SECTION: ops, train, generate, memory, load, llama, long or mpi.
+SECTION: ops, train, demo, generate, memory, load, llama, long or mpi.
 
 Prints a Markdown table of numpyllm against PyTorch eager (and transformers' generate) and
 writes the JSON to benchmarks/results/. torch is optional: without it only numpyllm's columns
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-SECTIONS = ("ops", "train", "generate", "memory", "load", "llama", "long", "mpi")
+SECTIONS = ("ops", "train", "demo", "generate", "memory", "load", "llama", "long", "mpi")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
             peaks = (meta["sgemm_peak_gflops"], meta["sgemm_peak_gflops_one_thread"])
             rows += train.run(configs, args.threads, rounds, peaks, 0.01 if args.quick else 0.25)
+        elif section == "demo":
+            from benchmarks import demo
+
+            rows += demo.run(args.quick, min(rounds, 3), args.threads)
         elif section == "generate":
             from benchmarks import generate
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-SECTIONS = {"ops", "train", "forward", "generate", "memory", "load", "load memory"}
+SECTIONS = {"ops", "train", "demo", "forward", "generate", "memory", "load", "load memory"}
 OPS = {
     "linear",
     "softmax",
@@ -71,7 +71,8 @@ def test_quick_benchmark_writes_table_and_json(tmp_path):
         else:
             assert _positive(row["values"]["numpyllm"]["median"]), row["name"]
         assert row["values"]["numpyllm"]["spread"] >= 0.0
-        if HAS_TORCH and not row["section"].startswith("load"):  # loading: numpyllm alone
+        # loading and the demo: numpyllm alone
+        if HAS_TORCH and not row["section"].startswith("load") and row["section"] != "demo":
             assert row["best_torch"] in row["values"], row["name"]
             assert _positive(row["ratio_vs_best_torch"]), row["name"]
     train = next(r for r in rows if r["section"] == "train")
@@ -81,6 +82,16 @@ def test_quick_benchmark_writes_table_and_json(tmp_path):
         assert set(train["values"]) == {"numpyllm", "torch_explicit", "torch_sdpa"}
         # both sides computed one model: same initial loss on the same weights
         assert train["loss_gap_sdpa"] < 1e-4 and train["loss_gap_explicit"] < 1e-4
+    demo = next(r for r in rows if r["section"] == "demo")
+    assert set(demo["values"]) == {"numpyllm", "bare step", "bench small"}
+    pieces = demo["pieces"]  # the projected run is made of its measured pieces
+    assert all(_positive(pieces[k]) for k in ("trainer_step_s", "bare_step_s", "evaluation_s"))
+    projected = (
+        pieces["steps"] * pieces["trainer_step_s"]
+        + pieces["evaluations"] * pieces["evaluation_s"]
+        + pieces["checkpoints"] * pieces["checkpoint_s"]
+    )
+    assert math.isclose(pieces["projected_training_s"], projected, rel_tol=1e-9)
     load = next(r for r in rows if r["name"].startswith("peak RSS"))
     assert 0.0 < load["peak_over_checkpoint"]["numpyllm"]  # the interpreter, then the model
     if HAS_TORCH:
