@@ -246,10 +246,18 @@ class PeftModel:
         weights_file = Path(path) / WEIGHTS_FILE
         self.load_adapter_state(_read_adapter(weights_file), str(weights_file))
 
+    def _bias_leeway(self) -> tuple[dict[str, str], set[str]]:
+        if self.peft_config.bias == "none":
+            return {}, set()
+        return _bias_key_leeway(self.base_model)
+
     def load_adapter_state(self, tensors: dict[str, np.ndarray], where: str = "state") -> None:
         """Copy PEFT-named arrays into the adapters; every key and shape is checked first."""
         expected = self.adapter_state_dict()
         names = {_strip_adapter_name(k): v for k, v in tensors.items()}
+        aliases, optional = self._bias_leeway()
+        names = {k: v for k, v in names.items() if k not in aliases or aliases[k] not in names}
+        expected = {k: v for k, v in expected.items() if k in names or k not in optional}
         missing = sorted(set(expected) - set(names))
         unexpected = sorted(set(names) - set(expected))
         if missing or unexpected:
@@ -271,6 +279,22 @@ class PeftModel:
                 )
         for key, target in expected.items():
             target[...] = names[key]
+
+
+def _bias_key_leeway(model: Any) -> tuple[dict[str, str], set[str]]:
+    """For trained biases read from PEFT's file: the transformers model's second names of a
+    tied bias (BERT's ``cls.predictions.decoder.bias``, saved beside ``cls.predictions.bias``)
+    and the bias keys of heads its checkpoint may lack (BertForMaskedLM has no pooler and
+    no classifier: those biases then keep their values)."""
+    import importlib
+
+    from numpyllm.peft.targets import kind_of
+
+    hf = importlib.import_module(kind_of(model).hf_module)
+    aliases = {PREFIX + alias: PREFIX + name for alias, name in getattr(hf, "TIED", {}).items()}
+    optional_groups = set(getattr(hf, "OPTIONAL_GROUPS", ()))
+    optional = {PREFIX + entry.hf for entry in tensor_map(model) if entry.group in optional_groups}
+    return aliases, optional
 
 
 def _strip_adapter_name(key: str) -> str:

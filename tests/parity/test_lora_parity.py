@@ -195,3 +195,30 @@ def test_trained_biases_match_peft_in_file_logits_and_gradients(bias, tmp_path):
     theirs_peft.save_pretrained(tmp_path / "theirs")
     pm = nl.peft.PeftModel.from_pretrained(ours, tmp_path / "theirs")
     assert np.max(np.abs(pm.eval()(ids).logits - expected)) < TOL
+
+
+def test_bert_trained_biases_cross_to_peft_and_back(tmp_path):
+    """bias="all" on BERT: peft's BertForMaskedLM file has no pooler or classifier and
+    names the tied output bias twice; both directions still give equal logits."""
+    theirs, ours = hf_bert(tmp_path / "a")
+    ids = np.random.default_rng(2).integers(0, 23, size=(2, 7))
+    config = peft.LoraConfig(r=2, target_modules=["query", "value"], bias="all",
+                             init_lora_weights=False)  # fmt: skip
+    torch.manual_seed(6)
+    theirs_peft = peft.get_peft_model(theirs, config).eval()
+    with torch.no_grad():
+        for name, p in theirs_peft.named_parameters():
+            if p.requires_grad and name.endswith("bias"):
+                p.add_(torch.randn_like(p))
+        expected = to_numpy(theirs_peft(input_ids=torch.tensor(ids)).logits)
+    theirs_peft.save_pretrained(tmp_path / "theirs")
+    pm = nl.peft.PeftModel.from_pretrained(ours, tmp_path / "theirs")
+    assert np.max(np.abs(pm.eval()(ids).logits - expected)) < TOL
+
+    randomize_adapters(pm, seed=3)  # every trained bias and adapter moves again
+    pm.save_pretrained(tmp_path / "ours")
+    fresh, _ = hf_bert(tmp_path / "b")
+    loaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "ours").eval()
+    with torch.no_grad():
+        theirs_logits = to_numpy(loaded(input_ids=torch.tensor(ids)).logits)
+    assert np.max(np.abs(pm(ids).logits - theirs_logits)) < TOL
