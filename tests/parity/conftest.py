@@ -105,6 +105,26 @@ def assert_mapping_exact(entries, ours_model, torch_model, tied: dict[str, str])
     assert not unmapped, f"transformers parameters with no numpyllm counterpart: {unmapped}"
 
 
+def assert_causal_loss_and_grads(out, ref_logits, labels, ours, theirs, entries, precision):
+    """A causal LM's loss and gradients against torch: the shifted cross-entropy (position t
+    predicts labels[:, t + 1]) computed by torch in the logits' own dtype equals numpyllm's
+    loss, and every parameter's gradient from it equals torch autograd's. Returns torch's
+    loss (transformers' own loss casts the logits to float32 first, so it is not the float64
+    reference)."""
+    import torch
+
+    vocab = ref_logits.shape[-1]
+    ref_loss = torch.nn.functional.cross_entropy(
+        ref_logits[:, :-1].reshape(-1, vocab), torch.from_numpy(labels[:, 1:]).reshape(-1)
+    )
+    assert abs(out.loss - ref_loss.item()) <= precision.logits_atol
+    ours.zero_grad()
+    ours.backward()
+    ref_loss.backward()
+    assert_grads_match(entries, ours, theirs, precision.grad_rtol)
+    return ref_loss
+
+
 def assert_grads_match(entries, ours_model, torch_model, rtol: float) -> None:
     """Every numpyllm parameter's .grad equals torch autograd's for the mapped tensor.
 

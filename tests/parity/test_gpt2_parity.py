@@ -27,8 +27,8 @@ from tests.parity.conftest import (
     PRECISIONS,
     SKIP_TORCH,
     SKIP_TRANSFORMERS,
+    assert_causal_loss_and_grads,
     assert_close,
-    assert_grads_match,
     assert_mapping_exact,
     decided_steps,
     padding_masks,
@@ -114,17 +114,9 @@ def test_logits_loss_and_gradients_match(precision, case):
     # cast DOWN to float32, so its loss carries float32 rounding (~1e-7). The float64 reference
     # is therefore the same shifted cross-entropy computed by torch in the logits' own dtype;
     # transformers' own loss must agree with it to float32 precision.
-    vocab = cfg["vocab_size"]
-    ref_loss = torch.nn.functional.cross_entropy(
-        ref.logits[:, :-1].reshape(-1, vocab), torch.from_numpy(labels[:, 1:]).reshape(-1)
-    )
+    ref_loss = assert_causal_loss_and_grads(out, ref.logits, labels, ours, theirs, entries,
+                                            precision)  # fmt: skip
     assert abs(ref_loss.item() - ref.loss.item()) <= 1e-5 * max(1.0, abs(ref_loss.item()))
-    assert abs(out.loss - ref_loss.item()) <= precision.logits_atol
-
-    ours.zero_grad()
-    ours.backward()
-    ref_loss.backward()
-    assert_grads_match(entries, ours, theirs, precision.grad_rtol)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -36,8 +36,8 @@ from tests.parity.conftest import (
     PRECISIONS,
     SKIP_TORCH,
     SKIP_TRANSFORMERS,
+    assert_causal_loss_and_grads,
     assert_close,
-    assert_grads_match,
     assert_mapping_exact,
     decided_steps,
     max_abs_diff,
@@ -174,17 +174,7 @@ def test_logits_loss_and_gradients_match(precision, case):
     real = mask.astype(bool)
     assert out.logits.dtype == precision.np_dtype
     assert_close(out.logits[real], to_numpy(ref.logits)[real], precision.logits_atol, "logits")
-    # the loss in the logits' own dtype (transformers' loss casts logits to float32 first)
-    vocab = cfg["vocab_size"]
-    ref_loss = torch.nn.functional.cross_entropy(
-        ref.logits[:, :-1].reshape(-1, vocab), torch.from_numpy(labels[:, 1:]).reshape(-1)
-    )
-    assert abs(out.loss - ref_loss.item()) <= precision.logits_atol
-
-    ours.zero_grad()
-    ours.backward()
-    ref_loss.backward()
-    assert_grads_match(entries, ours, theirs, precision.grad_rtol)
+    assert_causal_loss_and_grads(out, ref.logits, labels, ours, theirs, entries, precision)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
