@@ -42,8 +42,8 @@ largest temporaries are two (..., bq, bk) blocks.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from functools import lru_cache
+from collections.abc import Callable, Iterator
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -204,7 +204,15 @@ def attention_forward(
     block = _check_block_size(block_size)
 
     if tq * tk > block * block:
-        out, row_lse = _blocked_forward(q, k, v, causal, mask, bias, scale, scores_shape, block)
+        out = np.empty((*scores_shape[:-1], v.shape[-1]), dtype=dtype)  # (..., Tq, dv)
+        row_lse = np.empty((*scores_shape[:-1], 1), dtype=dtype)  # (..., Tq, 1)
+
+        def forward_part(part: tuple) -> None:
+            shape = (*out[part].shape[:-1], tk)  # this part's scores
+            _blocked_forward(q[part], k[part], v[part], causal, mask, bias, scale, shape, block,
+                             out[part], row_lse[part])  # fmt: skip
+
+        _on_cores(forward_part, scores_shape, (q, k, v), mask, bias)
         cache: tuple = (q, k, v, row_lse, scale, bias, None, scores_shape, causal, mask, block)
         return out, cache
     table = _additive_mask(causal, mask, tq, tk, dtype)
@@ -380,6 +388,51 @@ def _check_block_size(block_size: int | None) -> int:
     return int(block_size)
 
 
+def _on_cores(
+    run: Callable[[tuple], None],
+    scores_shape: tuple[int, ...],
+    qkv: tuple[np.ndarray, ...],
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+) -> None:
+    """``run(part)`` for parts of the work that together cover it: index tuples that cut one
+    leading axis of the scores (heads, or the batch) into one part per BLAS thread, each
+    run on its own core with BLAS on one thread; ``run(...)`` alone when that is not
+    possible or not wanted.
+
+    Why: a block's matmuls are (block x d) by (d x block), too small for a BLAS that
+    splits each one over its threads (each split pays a thread hand-off, and on a busy
+    machine a waiting BLAS thread loses whole scheduler slices), and every element-wise
+    pass over a block (exp, the rescaling) runs on one core. Independent heads on
+    independent cores split all of it. The parts write into disjoint views, so the result
+    is the same to the bit. Not split: BLAS already on one thread (inside a batch split
+    over cores, or a caller's choice) or its thread count unknown; q, k or v broadcast
+    over a leading axis; a bias (its gradient would be summed over the parts); an axis
+    the mask does not broadcast over.
+    """
+    from numpyllm.nn.blas import blas_threads, current_threads
+    from numpyllm.nn.parallel import available_cores, run_parts
+
+    lead = scores_shape[:-2]
+    threads = current_threads()
+    if not lead or bias is not None or any(a.shape[:-2] != lead for a in qkv) or not threads:
+        return run((...,))
+    axes = [
+        i for i in range(len(lead))
+        if mask is None or mask.ndim - len(scores_shape) + i < 0
+        or mask.shape[mask.ndim - len(scores_shape) + i] == 1
+    ]  # fmt: skip
+    axis = max(axes, key=lambda i: lead[i], default=None)
+    n = 0 if axis is None else min(threads, available_cores(), lead[axis])
+    if n < 2 or axis is None:
+        return run((...,))
+    edges = [lead[axis] * j // n for j in range(n + 1)]
+    parts = [(slice(None),) * axis + (slice(a, b),) for a, b in zip(edges, edges[1:])]
+    with blas_threads(1):
+        run_parts([partial(run, part) for part in parts])
+    return None
+
+
 def _piece(a: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
     """The part of ``a`` (broadcastable to (..., Tq, Tk)) that falls on a (rows, cols) block;
     an axis of size 1 (broadcast) is kept whole."""
@@ -461,13 +514,18 @@ def _blocked_forward(
     scale: float,
     scores_shape: tuple[int, ...],
     block: int,
+    out: np.ndarray | None = None,
+    row_lse: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Output (..., Tq, dv) and row log-sum-exp L (..., Tq, 1) by the online softmax of the
-    module docstring, one (query block, key block) pair at a time."""
+    module docstring, one (query block, key block) pair at a time; written into ``out`` and
+    ``row_lse`` when given (views of a larger output, for one part of it)."""
     *lead, tq, tk = scores_shape
     dtype = q.dtype
-    out = np.empty((*lead, tq, v.shape[-1]), dtype=dtype)
-    row_lse = np.empty((*lead, tq, 1), dtype=dtype)
+    if out is None:
+        out = np.empty((*lead, tq, v.shape[-1]), dtype=dtype)
+    if row_lse is None:
+        row_lse = np.empty((*lead, tq, 1), dtype=dtype)
     for q0 in range(0, tq, block):
         rows = slice(q0, min(q0 + block, tq))
         n = rows.stop - q0
@@ -538,14 +596,55 @@ def _blocked_backward(
     *lead, tq, tk = scores_shape
     dtype = q.dtype
     dout = dout.astype(dtype, copy=False)
-    if out is not None:
-        row_dot = np.einsum("...ij,...ij->...i", dout, out)[..., None]  # (..., Tq, 1)
-    else:
-        row_dot = np.zeros((*lead, tq, 1), dtype=dtype)
     dq = np.zeros((*lead, tq, q.shape[-1]), dtype=dtype)
     dk = np.zeros((*lead, tk, k.shape[-1]), dtype=dtype)
     dv = np.zeros((*lead, tk, v.shape[-1]), dtype=dtype)
     dbias = None if bias is None else np.zeros(bias.shape, dtype=dtype)
+
+    def backward_part(part: tuple) -> None:
+        _blocked_backward_part(
+            dout[part], q[part], k[part], v[part], row_lse[part],
+            None if out is None else out[part], mask, bias, scale, causal, block,
+            dq[part], dk[part], dv[part], dbias,
+        )  # fmt: skip
+
+    _on_cores(backward_part, scores_shape, (q, k, v), mask, bias)
+    if scale != 1.0:
+        dq *= scale
+    return (
+        _sum_to_shape(dq, q.shape),
+        _sum_to_shape(dk, k.shape),
+        _sum_to_shape(dv, v.shape),
+        dbias,
+    )
+
+
+def _blocked_backward_part(
+    dout: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    row_lse: np.ndarray,
+    out: np.ndarray | None,
+    mask: np.ndarray | None,
+    bias: np.ndarray | None,
+    scale: float,
+    causal: bool,
+    block: int,
+    dq: np.ndarray,
+    dk: np.ndarray,
+    dv: np.ndarray,
+    dbias: np.ndarray | None,
+) -> None:
+    """``_blocked_backward``'s sums over the blocks, added into dq (unscaled), dk, dv and
+    dbias, which hold the (broadcast) shapes of the scores' leading axes."""
+    *lead, tq, _ = dq.shape
+    tk = dk.shape[-2]
+    dtype = dq.dtype
+    if out is not None:
+        row_dot = np.einsum("...ij,...ij->...i", dout, out)[..., None]  # (..., Tq, 1)
+    else:
+        row_dot = np.zeros((*lead, tq, 1), dtype=dtype)
     for q0 in range(0, tq, block):
         rows = slice(q0, min(q0 + block, tq))
         q_rows = q[..., rows, :] * scale if scale != 1.0 else q[..., rows, :]  # (..., bq, d)
@@ -566,11 +665,4 @@ def _blocked_backward(
             if dbias is not None:
                 target = _piece(dbias, rows, cols)
                 target += _sum_to_shape(ds, target.shape)
-    if scale != 1.0:
-        dq *= scale
-    return (
-        _sum_to_shape(dq, q.shape),
-        _sum_to_shape(dk, k.shape),
-        _sum_to_shape(dv, v.shape),
-        dbias,
-    )
+

@@ -43,6 +43,15 @@ def blas_threads(n: int | None) -> Iterator[None]:
         yield
 
 
+def current_threads() -> int | None:
+    """The fewest threads any loaded BLAS will use now; None when that is unknown (no
+    threadpoolctl, so no way to limit them either)."""
+    pools = _blas_pools()
+    if pools is None:
+        return None
+    return min(int(lib.num_threads) for lib in pools.lib_controllers)
+
+
 # tokens * d_model below which a pass runs BLAS on one thread. Measured on 2 busy cores: a
 # GPT of d_model 384 trained on 2k tokens at 2.4k tokens/s on 1 thread, 0.08k on 2.
 SMALL_PASS = 1 << 22

@@ -102,3 +102,32 @@ def test_blocked_temporaries_grow_linearly_with_the_sequence():
     assert peaks[2] < 5 * peaks[0], peaks
     assert peaks[2] < 2048 * 2048 * 4 / 8, peaks  # an eighth of a single (T x T) float32 array
     assert _peak_bytes(2048, 10**4) > 2048 * 2048 * 4  # the one-block path: the whole (T x T)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (2, 1, 1, 40), (40, 40)])
+def test_heads_split_over_cores_give_the_unsplit_result(rng, monkeypatch, mask_shape):
+    """Blocked attention runs its heads (or rows) on parts, one per BLAS thread: the same
+    outputs and gradients as one part, the parts covering every head exactly once."""
+    from numpyllm.nn import blas, parallel
+
+    shape = (2, 3, 40, 8)  # (B, H, T, d): 40 x 40 scores in blocks of 16
+    q, k, v, dout = (rng.standard_normal(shape) for _ in range(4))
+    mask = None if mask_shape is None else rng.random(mask_shape) > 0.3
+    problem = {"q": q, "k": k, "v": v, "causal": True, "mask": mask, "block_size": 16}
+
+    def run(threads: int) -> tuple:
+        monkeypatch.setattr(blas, "current_threads", lambda: threads)
+        out, cache = attention_forward(**problem)
+        return (out, *attention_backward(dout, cache, out=out)[:3])
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 8)
+    calls: list[int] = []
+    real_run_parts = parallel.run_parts
+    monkeypatch.setattr(parallel, "run_parts", lambda tasks: calls.append(len(tasks)) or
+                        real_run_parts(tasks))  # fmt: skip
+    whole = run(1)
+    assert calls == []
+    split = run(3)
+    assert calls == [3, 3]  # forward and backward: three heads on three parts (mask: over H)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), whole, split):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-13, err_msg=name)
