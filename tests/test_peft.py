@@ -27,6 +27,11 @@ def t5() -> nl.T5:
                              n_decoder_layer=1, n_head=2, dropout=0.0))  # fmt: skip
 
 
+def llama() -> nl.Llama:
+    return nl.Llama(nl.LlamaConfig(vocab_size=13, n_layer=1, n_head=4, n_kv_head=2, d_model=8,
+                                   d_ff=12, max_seq_len=10))  # fmt: skip
+
+
 IDS = np.random.default_rng(0).integers(0, 13, size=(2, 7))
 
 
@@ -133,7 +138,7 @@ def test_adapter_for_another_model_is_refused_and_leaves_the_model_intact(tmp_pa
         nl.peft.PeftModel.from_pretrained(gpt(), folder)
 
 
-@pytest.mark.parametrize("make", [gpt, bert, t5], ids=["gpt", "bert", "t5"])
+@pytest.mark.parametrize("make", [gpt, bert, t5, llama], ids=["gpt", "bert", "t5", "llama"])
 def test_adapter_gradients_match_finite_differences(make):
     kwargs = {"decoder_input_ids": IDS} if make is t5 else {}
     pm = nl.peft.get_peft_model(make().astype(np.float64), nl.peft.LoraConfig(r=2, lora_alpha=3))

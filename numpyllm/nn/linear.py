@@ -55,6 +55,15 @@ class Linear(Module):
         """The (in, out) matrix ``rows`` rows of x are multiplied by: the weight itself."""
         return self.weight.data
 
+    def joins(self, rows: int) -> bool:
+        """Whether ``project`` over ``rows`` rows is x @ matrix(rows) + b and nothing more,
+        so that its product can be joined with other layers' (``fused_project``)."""
+        return type(self) is Linear
+
+    def adapter_backward(self, dout: np.ndarray, x: np.ndarray) -> None:
+        """Gradients of parameters beyond W and b, after a joined product (none here; a LoRA
+        layer's adapter)."""
+
     def needs_input(self) -> bool:
         """Whether the backward reads x: only dW = x^T g does (dx = g W^T and db do not)."""
         return self.weight.requires_grad
@@ -143,13 +152,14 @@ def fused_project(layers: Sequence[Linear], x: np.ndarray) -> np.ndarray:
     instead of several smaller ones. The side-by-side weight (in × Σ out numbers) is made
     afresh on every call, a small cost next to the product (rows · in · Σ out): each
     Parameter keeps its own array, which an optimizer may rebind to a slice of its flat
-    buffer, so the layers' names, shapes and gradients stay as they are. Any other layer
-    (a LoRA linear) projects through its own method, and the outputs are joined.
+    buffer, so the layers' names, shapes and gradients stay as they are. A LoRA linear
+    joins with its update folded into its matrix (``LoraLinear.folds``); one that does not
+    fold (dropout on, a few rows) projects through its own method and the outputs are joined.
     """
-    if not _all_plain(layers):
-        return np.concatenate([layer.project(x) for layer in layers], axis=-1)
-    weight = np.concatenate([layer.weight.data for layer in layers], axis=1)  # (in, Σ out)
     x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    if not _all_join(layers, len(x2)):
+        return np.concatenate([layer.project(x) for layer in layers], axis=-1)
+    weight = np.concatenate([layer.matrix(len(x2)) for layer in layers], axis=1)  # (in, Σ out)
     y2 = x2 @ weight  # (N, in) @ (in, Σ out) -> (N, Σ out)
     for layer, cols in zip(layers, _columns(layers)):
         if layer.bias is not None:
@@ -167,15 +177,18 @@ def fused_project_backward(layers: Sequence[Linear], dout: np.ndarray, x: np.nda
 
     and each layer's gradient is its block of columns, added into its own ``.grad`` (a
     frozen layer's block is not added; if every weight is frozen x^T dout is not formed).
+    With W_i a LoRA layer's folded W' the dx product carries its adapter's share, and the
+    adapter's gradients come from its block of dout (``adapter_backward``).
     """
-    if not _all_plain(layers):
+    rows = dout.size // dout.shape[-1]
+    if not _all_join(layers, rows):
         dx = None
         for layer, cols in zip(layers, _columns(layers)):
             part = layer.backward_from_input(dout[..., cols], x)  # (..., in)
             dx = part if dx is None else np.add(dx, part, out=dx)
         assert dx is not None, "fused_project_backward needs at least one layer"
         return dx
-    weight = np.concatenate([layer.weight.data for layer in layers], axis=1)  # (in, Σ out)
+    weight = np.concatenate([layer.matrix(rows) for layer in layers], axis=1)  # (in, Σ out)
     g2 = dout.reshape(-1, dout.shape[-1])  # (N, Σ out)
     x2 = x.reshape(-1, x.shape[-1])  # (N, in)
     dx = (g2 @ weight.T).reshape(x.shape)  # (N, Σ out) @ (Σ out, in) -> (..., in)
@@ -187,6 +200,7 @@ def fused_project_backward(layers: Sequence[Linear], dout: np.ndarray, x: np.nda
         if layer.bias is not None and layer.bias.requires_grad:
             ones = np.ones(len(g2), dtype=g2.dtype) if ones is None else ones
             layer.bias.grad += ones @ g2[:, cols]  # column sums, as linear_backward takes them
+        layer.adapter_backward(g2[:, cols], x2)
     return dx
 
 
@@ -199,8 +213,8 @@ def fused_input_to_keep(layers: Sequence[Linear], x: np.ndarray) -> np.ndarray:
     return np.broadcast_to(x.dtype.type(0), x.shape)
 
 
-def _all_plain(layers: Sequence[Linear]) -> bool:
-    return all(type(layer) is Linear for layer in layers)
+def _all_join(layers: Sequence[Linear], rows: int) -> bool:
+    return all(layer.joins(rows) for layer in layers)
 
 
 def _columns(layers: Sequence[Linear]) -> list[slice]:

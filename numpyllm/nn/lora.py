@@ -84,6 +84,20 @@ class LoraLinear(Linear):
         in_, out = self.weight.shape
         return not self.draws_in_forward and rows * (in_ + out) >= in_ * out
 
+    def joins(self, rows: int) -> bool:
+        return self.folds(rows)
+
+    def adapter_backward(self, dout: np.ndarray, x: np.ndarray) -> None:
+        """dA and dB after a folded product, added into their gradients: dout (N, out) and
+        x (N, in), the dx product (through W') already made by the caller."""
+        dlora_a, dlora_b = lora_adapter_gradients(
+            dout, x, self.lora_A.data, self.lora_B.data, self.scaling
+        )
+        if self.lora_A.requires_grad:
+            self.lora_A.grad += dlora_a
+        if self.lora_B.requires_grad:
+            self.lora_B.grad += dlora_b
+
     def matrix(self, rows: int) -> np.ndarray:
         """W' when the product folds (``folds``), else W, the adapter going its own way."""
         if not self.folds(rows):
@@ -117,12 +131,12 @@ class LoraLinear(Linear):
         a, b = self.lora_A.data, self.lora_B.data
         mask = self._take_mask(len(x2))
         if self.folds(len(x2)):  # dx already has the adapter's share, through W'
-            dlora_a, dlora_b = lora_adapter_gradients(g2, x2, a, b, self.scaling)
-        else:
-            u = x2 if mask is None else x2 * mask  # dropout(x) as the forward drew it
-            h = u @ np.ascontiguousarray(a.T)  # (N, r), recomputed: thin, cheaper than kept
-            du, dlora_a, dlora_b = lora_delta_backward(g2, u, h, a, b, self.scaling)
-            dx.reshape(-1, x2.shape[1])[...] += dropout_backward(du, mask)
+            self.adapter_backward(g2, x2)
+            return dx
+        u = x2 if mask is None else x2 * mask  # dropout(x) as the forward drew it
+        h = u @ np.ascontiguousarray(a.T)  # (N, r), recomputed: thin, cheaper than kept
+        du, dlora_a, dlora_b = lora_delta_backward(g2, u, h, a, b, self.scaling)
+        dx.reshape(-1, x2.shape[1])[...] += dropout_backward(du, mask)
         if self.lora_A.requires_grad:
             self.lora_A.grad += dlora_a
         if self.lora_B.requires_grad:
