@@ -55,6 +55,28 @@ def launched_rank() -> int:
     return 0
 
 
+def end_job(message: str, code: int) -> None:
+    """Under ``mpiexec`` with more than one process: print ``message`` naming this rank and
+    end every rank of the job with exit status ``code``. Otherwise nothing.
+
+    For a rank that stops on its own outside the training loop (a Ctrl-C while the command
+    starts up, say): a rank that simply exits leaves the others waiting for it for ever,
+    in their next collective or in ``MPI_Init`` itself. So MPI is started here if it is
+    not yet (joining the ranks that wait in ``MPI_Init``), then aborted.
+    """
+    if launched_world_size() <= 1:
+        return
+    try:
+        from mpi4py import MPI
+    except ImportError:  # no MPI in this venv: nothing can be waiting in it
+        return
+
+    stderr = sys.__stderr__ or sys.stderr  # the real one: the command quiets other ranks'
+    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    print(f"numpyllm: rank {rank} of {size}: {message}", file=stderr, flush=True)
+    MPI.COMM_WORLD.Abort(code)
+
+
 class DivergedError(RuntimeError):
     """The ranks' parameters differ: the run can no longer stand for one process's."""
 

@@ -146,7 +146,12 @@ class Trainer:
         if self.world.rank:  # the ranks' dropout masks are independent draws, not copies
             for _, generator in self._model_generators():
                 _jump(generator, self.world.rank)
-        self._stop_requested = False  # Ctrl-C in a distributed run: stop at an agreed step
+        # Ctrl-C in a distributed run: a rank notes the SIGINT it got, the note rides in the
+        # next step's reduction, and the sum is the decision every rank takes alike (a rank
+        # must never act on its own note: it could come between the reduction and the check,
+        # on one rank only, and leave the ranks in different collectives for ever)
+        self._interrupt_noted = False
+        self._stop_agreed = False
         self.global_step = 0
         self.log_history: list[dict[str, Any]] = []
         self._elapsed_before = 0.0  # seconds spent in earlier runs of a resumed training
@@ -268,9 +273,10 @@ class Trainer:
         generators = list(self._model_generators())  # walked once: the model does not change
         previous_handler = None
         if self.world.distributed and threading.current_thread() is threading.main_thread():
-            # Ctrl-C (mpiexec passes it to every rank) only asks to stop; the ranks agree on
-            # it in the next step's reduction and all stop after that step, which rank 0 saves
-            previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+            # Ctrl-C (mpiexec forwards it to every rank) only asks to stop; the ranks agree
+            # on it in the next step's reduction and all stop after that step, which rank 0
+            # saves. Noting it again (a second signal) changes nothing.
+            previous_handler = signal.signal(signal.SIGINT, self._note_interrupt)
         resume_rng = self._rng_state(generators)  # what a checkpoint of the last done step needs
         bar = tqdm(
             total=self.total_steps,
@@ -294,7 +300,7 @@ class Trainer:
                     self.model.zero_grad()
                     self.global_step = step
                     resume_rng = self._rng_state(generators)
-                if self._stop_requested:  # every rank has seen it at this step's reduction
+                if self._stop_agreed:  # decided in this step's reduction, alike on every rank
                     raise KeyboardInterrupt
 
                 tokens = _count_tokens(batch)
@@ -358,8 +364,8 @@ class Trainer:
             metrics.update(evaluated)
         return metrics
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
+    def _note_interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupt_noted = True
 
     def _rank_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """This rank's rows [r b, (r + 1) b) of a global batch (all of it in one process)."""
@@ -385,10 +391,10 @@ class Trainer:
         if self.world.distributed:
             items = _scored_items(self.model, batch)
             # one small Allreduce: the loss, the item count and whether any rank was interrupted
-            total, n, stops = self.world.sum_values([loss * items, items, self._stop_requested])
+            total, n, stops = self.world.sum_values([loss * items, items, self._interrupt_noted])
             loss = float(total / max(n, 1.0))
             share = items / max(n, 1.0)
-            self._stop_requested = stops > 0
+            self._stop_agreed = stops > 0
         if not math.isfinite(loss):
             raise TrainingError(
                 f"loss is {loss} at step {step}; training stopped (nothing was saved for this "

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 from numpyllm.cli import attention, chat, common, evaluate, finetune, generate, train
-from numpyllm.distributed import launched_rank, launched_world_size
+from numpyllm.distributed import end_job, launched_rank, launched_world_size
 
 __all__ = ["main", "build_parser"]
 
@@ -106,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if common.debug_enabled():
             raise
         print("\nnumpyllm: interrupted", file=sys.stderr)
+        # Ctrl-C outside the training loop (whose ranks agree on a step to stop at): under
+        # mpiexec every rank has it, but each at its own moment, so the job ends as a whole
+        end_job("interrupted", 130)
         return 130
     except common.UsageError as exc:
         if common.debug_enabled():

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,30 +34,49 @@ SCRIPT = Path(run_training.__file__)
 TIMEOUT = 60  # seconds: a hung job fails the test instead of hanging the suite
 
 
-def run_job(command: list[str], env: dict) -> subprocess.CompletedProcess:
-    """Run an MPI job in a session of its own; whatever happens, none of its processes
-    outlives the test (a timed-out mpiexec may leave its ranks running otherwise)."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+@contextlib.contextmanager
+def job(command: list[str], env: dict, **popen: object):
+    """An MPI job started in a session of its own. Whatever happens, none of its processes
+    outlives the block: mpiexec puts its proxy and every rank in sessions of their own,
+    out of reach of a signal to its group, so each is ended by its id."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, **popen)
     try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
+        yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        for pid in [*descendants(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_job(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run an MPI job to its end (at most TIMEOUT seconds)."""
+    with job(command, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
 def mpirun(out: Path, *args: str, ranks: int = 2, check: bool = True):
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
     command = [MPIEXEC, "-n", str(ranks), sys.executable, str(SCRIPT), str(out), *args]
-    done = run_job(command, env)
+    done = run_job(command, ENV)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -164,6 +184,56 @@ def test_a_killed_rank_ends_the_job(tmp_path):
     assert done.returncode != 0  # and within TIMEOUT: subprocess.run raises otherwise
 
 
+def test_ctrl_c_stops_every_rank_at_one_step_and_saves_it(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the foreground process group: mpiexec (its
+    proxy and the ranks are in sessions of their own), which forwards it to every rank."""
+    out = tmp_path / "run"
+    command = [MPIEXEC, "-n", "2", sys.executable, str(SCRIPT), str(out), "--steps", "100000",
+               "--batch", "1"]  # fmt: skip
+    with job(command, ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + TIMEOUT
+        metrics = out / "metrics.jsonl"
+        while not metrics.is_file() or not metrics.read_text():  # a step is done: training
+            assert time.monotonic() < deadline and process.poll() is None, "never started"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 130, stdout + stderr  # as one process: interrupted
+    saved = sorted(out.glob("checkpoint-*"))
+    assert len(saved) == 1, stdout + stderr
+    step = int(saved[0].name.split("-")[1])
+    state = json.loads((saved[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == step >= 1
+    assert len(state["rng"]["model_by_rank"]) == 2  # both ranks reached the save
+    assert f"interrupted at step {step}" in stdout
+    from numpyllm.checkpoint import load_model
+
+    assert load_model(saved[0]) is not None
+
+
+LONE_INTERRUPT = """
+import os, sys
+from numpyllm import cli
+from numpyllm.cli import train
+from numpyllm.distributed import world_for
+
+def run(args):
+    if os.environ["PMI_RANK"] == "1":
+        raise KeyboardInterrupt  # before this rank has even started MPI
+    world_for("mpi").barrier()  # while rank 0 waits for it
+    return 0
+
+train.run = run
+sys.exit(cli.main(["train"]))
+"""
+
+
+def test_a_rank_interrupted_outside_training_ends_the_job():
+    done = run_job([MPIEXEC, "-n", "2", sys.executable, "-c", LONE_INTERRUPT], ENV)
+    assert done.returncode == 130, done.stdout + done.stderr  # and within TIMEOUT
+    assert "numpyllm: rank 1 of 2: interrupted" in done.stderr
+
+
 def test_a_single_process_has_no_mpi(monkeypatch):
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -176,12 +246,10 @@ def test_a_single_process_has_no_mpi(monkeypatch):
 
 
 def test_the_command_line_trains_over_two_ranks(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1"}  # fmt: skip
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", "train", "--preset", "tiny",
                "--tokenizer", "char", "--max-steps", "3", "--per-device-train-batch-size", "2",
                "--output-dir", str(tmp_path / "run"), "--disable-tqdm"]  # fmt: skip
-    done = run_job(command, env)
+    done = run_job(command, ENV)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ranks       2 MPI processes, 2 rows each of a 4-row batch") == 1
     assert (tmp_path / "run/checkpoint-3/model.safetensors").is_file()
