@@ -253,3 +253,25 @@ def test_the_command_line_trains_over_two_ranks(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ranks       2 MPI processes, 2 rows each of a 4-row batch") == 1
     assert (tmp_path / "run/checkpoint-3/model.safetensors").is_file()
+
+
+def test_lora_fine_tuning_over_two_ranks_equals_one_process_with_the_doubled_batch(tmp_path):
+    from numpyllm import cli
+
+    base, text = tmp_path / "base", tmp_path / "text.txt"
+    text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    assert cli.main(["train", "--preset", "tiny", "--tokenizer", "char", "--max-steps", "1",
+                     "--output-dir", str(base), "--disable-tqdm"]) == 0  # fmt: skip
+    flags = ["finetune", str(base), "--data", str(text), "--lora-r", "8", "--max-steps", "3",
+             "--dropout", "0", "--seq-len", "32", "--learning-rate", "1e-2", "--warmup-steps",
+             "0", "--disable-tqdm"]  # fmt: skip
+    done = run_job([MPIEXEC, "-n", "2", sys.executable, "-m", "numpyllm", *flags,
+                    "--per-device-train-batch-size", "2", "--output-dir", str(tmp_path / "two")],
+                   ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert cli.main([*flags, "--per-device-train-batch-size", "4",
+                     "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip
+    two = load_file(str(tmp_path / "two/adapter_model.safetensors"))
+    one = load_file(str(tmp_path / "one/adapter_model.safetensors"))
+    assert_close(two, one, 1e-5)  # float32
+    assert all(np.any(one[name] != 0) for name in one)  # every adapter matrix has trained
