@@ -88,9 +88,21 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--fail-rank", type=int, default=None, help="this rank raises")
     parser.add_argument("--kill-rank", type=int, default=None, help="this rank is killed")
+    parser.add_argument("--nudge-rank", type=int, default=None, help="this rank's weights move")
     args = parser.parse_args()
     rank = int(os.environ.get("PMI_RANK", "0"))
     watch = _WriteWatch(Path(args.output_dir)) if rank != 0 else None
+    if rank == args.nudge_rank:  # as a bit flipped by faulty memory would
+        import numpyllm.trainer as trainer_module
+
+        forward_backward = trainer_module.Trainer._forward_backward
+
+        def nudged(self: Trainer, batch: dict, step: int) -> tuple[float, float]:
+            if step == 2:
+                next(iter(self.model.parameters())).data.reshape(-1)[0] += 1e-3
+            return forward_backward(self, batch, step)
+
+        trainer_module.Trainer._forward_backward = nudged  # type: ignore[method-assign]
     if rank in (args.fail_rank, args.kill_rank):
         import numpyllm.trainer as trainer_module
 

@@ -179,6 +179,12 @@ def test_a_rank_that_raises_ends_the_job_with_its_message(tmp_path):
     assert load_model(tmp_path / "run/checkpoint-1") is not None
 
 
+def test_ranks_whose_weights_differ_stop_the_job_naming_them(tmp_path):
+    done = mpirun(tmp_path / "run", "--steps", "4", "--nudge-rank", "1", check=False)
+    assert done.returncode != 0
+    assert "DivergedError: at step 2 the parameters of rank(s) [1] differ" in done.stderr
+
+
 def test_a_killed_rank_ends_the_job(tmp_path):
     done = mpirun(tmp_path / "run", "--steps", "4", "--kill-rank", "1", check=False)
     assert done.returncode != 0  # and within TIMEOUT: subprocess.run raises otherwise
