@@ -327,7 +327,16 @@ def attention_inference(
     block = DEFAULT_BLOCK_SIZE if block_size is None else block_size
     if q.shape[-2] * k.shape[-2] > block * block:  # a long prompt: O(T) memory, as in training
         shape = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
-        return _blocked_forward(q, k, v, causal, None, None, scale, shape, block)[0]
+        out = np.empty((*shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., Tq, dv)
+        row_lse = np.empty((*shape[:-1], 1), dtype=q.dtype)  # (..., Tq, 1), not kept
+
+        def forward_part(part: tuple) -> None:
+            part_shape = (*out[part].shape[:-1], shape[-1])
+            _blocked_forward(q[part], k[part], v[part], causal, None, None, scale, part_shape,
+                             block, out[part], row_lse[part])  # fmt: skip
+
+        _on_cores(forward_part, shape, (q, k, v), None, None)
+        return out
     table = _causal_additive_mask(q.shape[-2], k.shape[-2], q.dtype) if causal else None
     scores = _masked_scores(q, k, scale, None, table)  # (..., Tq, Tk)
     out, _, row_sum = _unnormalised_attention(scores, v)

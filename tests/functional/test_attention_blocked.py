@@ -67,7 +67,12 @@ def test_blocked_t5_style_bias_and_padding_float32(rng):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_inference_blocks_long_prompts(rng, causal):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_blocks_long_prompts(rng, monkeypatch, causal, threads):
+    from numpyllm.nn import blas, parallel
+
+    monkeypatch.setattr(blas, "current_threads", lambda: threads)  # 2: heads on two parts
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
     q = rng.standard_normal((2, 19, 4))
     k, v = rng.standard_normal((2, 23, 4)), rng.standard_normal((2, 23, 3))
     whole = attention_inference(q, k, v, causal=causal, block_size=WHOLE)
