@@ -22,6 +22,7 @@ gradient's bytes per rank, whatever N (see docs/distributed.md for the projectio
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import zlib
@@ -126,6 +127,10 @@ class MPIWorld(SingleProcess):
         self.comm: Any = MPI.COMM_WORLD
         self.rank = int(self.comm.Get_rank())
         self.size = int(self.comm.Get_size())
+        # (host, pid) of every rank: the launcher names a rank that dies by its pid and host
+        self.processes: list[tuple[str, int]] = list(
+            self.comm.allgather((socket.gethostname(), os.getpid()))
+        )
         self.bytes_reduced = 0  # gradient bytes handed to Allreduce (for the benchmarks)
         self.seconds_reducing = 0.0  # time spent in those Allreduce calls
 

@@ -463,6 +463,19 @@ def training_arguments(
         raise UsageError(_flag_names(str(exc))) from exc
 
 
+def print_ranks(world: Any, rows: int) -> None:
+    """Under mpiexec: the ranks, the batch they share, and each rank's pid and host (the
+    launcher names a rank that dies by those alone)."""
+    if world.size <= 1:
+        return
+    ranks = world.size
+    print(f"ranks       {ranks} MPI processes, {rows} rows each of a {ranks * rows}-row batch")
+    where = ", ".join(
+        f"rank {r} pid {pid} on {host}" for r, (host, pid) in enumerate(world.processes)
+    )
+    print(f"processes   {where}")
+
+
 def _flag_names(message: str) -> str:
     """Speak of --max-steps rather than max_steps in messages about flags."""
     for name in (*TRAINING_FIELDS, "n_layer", "n_head", "n_kv_head", "d_model", "max_seq_len",

@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     model.train()
     trained = model if peft_model is None else peft_model  # a LoRA run checkpoints its adapter
     trainer = Trainer(trained, targs, train_dataset=dataset, tokenizer=tokenizer)
+    common.print_ranks(trainer.world, batch)
     print(
         f"training    {trainer.total_steps:,} steps x {batch} rows x {seq_len} tokens, "
         f"AdamW lr {targs.learning_rate:g} -> {targs.output_dir}"

@@ -134,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
         f"({total_tokens / max(n_train, 1):.1f} epochs), AdamW lr {targs.learning_rate:g}, "
         f"{targs.lr_scheduler_type} schedule, warmup {targs.warmup_steps}"
     )
-    if trainer.world.size > 1:
-        ranks, rows = trainer.world.size, targs.per_device_train_batch_size
-        print(f"ranks       {ranks} MPI processes, {rows} rows each of a {ranks * rows}-row batch")
+    common.print_ranks(trainer.world, targs.per_device_train_batch_size)
     print(f"output      {output_dir}")
 
     metrics = trainer.train()

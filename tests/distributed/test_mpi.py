@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -258,6 +259,7 @@ def test_the_command_line_trains_over_two_ranks(tmp_path):
     done = run_job(command, ENV)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ranks       2 MPI processes, 2 rows each of a 4-row batch") == 1
+    assert re.search(r"processes   rank 0 pid \d+ on \S+, rank 1 pid \d+ on \S+", done.stdout)
     assert (tmp_path / "run/checkpoint-3/model.safetensors").is_file()
 
 
