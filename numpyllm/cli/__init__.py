@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
@@ -114,9 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if common.debug_enabled():
             raise
         print(f"numpyllm: error: {_one_line(exc)}", file=sys.stderr)
+        end_job(f"error: {_one_line(exc)}", 2)  # under mpiexec: the others may wait for us
         return 2
     except Exception as exc:
         if common.debug_enabled() or not _is_user_error(exc):
+            # a rank that ends alone leaves the others waiting in their next collective for
+            # ever: under mpiexec the traceback goes to the real stderr and the job ends
+            if launched_world_size() > 1:
+                traceback.print_exc(file=sys.__stderr__ or sys.stderr)
+            end_job(f"{type(exc).__name__}: {_one_line(exc)}", 1)
             raise
         print(f"numpyllm: error: {_one_line(exc)}", file=sys.stderr)
+        end_job(f"error: {_one_line(exc)}", 1)
         return 1

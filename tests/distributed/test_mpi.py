@@ -241,6 +241,37 @@ def test_a_rank_interrupted_outside_training_ends_the_job():
     assert "numpyllm: rank 1 of 2: interrupted" in done.stderr
 
 
+LONE_ERROR = """
+import sys
+from numpyllm import cli
+from numpyllm.cli import train
+from numpyllm.distributed import world_for
+
+def run(args):
+    world = world_for("mpi")
+    if world.rank == 0:
+        raise {error}  # a rank-0-only step (writing a file, say) fails
+    world.barrier()  # while rank 1 waits for rank 0
+    return 0
+
+train.run = run
+sys.exit(cli.main(["train"]))
+"""
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [('OSError("disk full")', 1), ('RuntimeError("a bug")', 1)],
+    ids=["user error", "unexpected error"],
+)
+def test_a_rank_failing_alone_outside_training_ends_the_job(error, code):
+    program = LONE_ERROR.format(error=error)
+    done = run_job([MPIEXEC, "-n", "2", sys.executable, "-c", program], ENV)
+    assert done.returncode == code, done.stdout + done.stderr  # and within TIMEOUT
+    assert "numpyllm: rank 0 of 2: " in done.stderr
+    assert error.split('"')[1] in done.stderr
+
+
 def test_a_single_process_has_no_mpi(monkeypatch):
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
