@@ -245,6 +245,17 @@ def _chunks(n: int) -> list[slice]:
     return [slice(start, start + CHUNK_ELEMENTS) for start in range(0, n, CHUNK_ELEMENTS)]
 
 
+def _flat_backward_views(
+    x: np.ndarray, dout: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The flat views a chunked backward walks: x, dout (broadcast to x's shape), and a new
+    dx with its flat view (the array to return)."""
+    g = np.asarray(dout)
+    g_flat = (g if g.shape == x.shape else np.broadcast_to(g, x.shape)).reshape(-1)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    return x.reshape(-1), g_flat, dx, dx.reshape(-1)
+
+
 # --------------------------------------------------------------------- GELU (erf)
 
 
@@ -280,11 +291,8 @@ def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     """
     x, phi = cache
     shape = np.shape(dout)
-    flat, phi_flat = x.reshape(-1), phi.reshape(-1)
-    g = np.asarray(dout)
-    g_flat = (g if g.shape == x.shape else np.broadcast_to(g, x.shape)).reshape(-1)
-    dx = np.empty(x.shape, dtype=x.dtype)
-    dx_flat = dx.reshape(-1)
+    flat, g_flat, dx, dx_flat = _flat_backward_views(x, dout)
+    phi_flat = phi.reshape(-1)
     for c in _chunks(flat.size):
         xc, d = flat[c], dx_flat[c]
         np.square(xc, out=d)
@@ -342,11 +350,8 @@ def gelu_tanh_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     """
     x, p = cache
     shape = np.shape(dout)
-    flat, p_flat = x.reshape(-1), p.reshape(-1)
-    g = np.asarray(dout)
-    g_flat = (g if g.shape == x.shape else np.broadcast_to(g, x.shape)).reshape(-1)
-    dx = np.empty(x.shape, dtype=x.dtype)
-    dx_flat = dx.reshape(-1)
+    flat, g_flat, dx, dx_flat = _flat_backward_views(x, dout)
+    p_flat = p.reshape(-1)
     scratch = np.empty(min(CHUNK_ELEMENTS, flat.size), dtype=x.dtype)
     for c in _chunks(flat.size):
         xc, pc, d = flat[c], p_flat[c], dx_flat[c]

@@ -301,12 +301,21 @@ def attention_backward(
         dq *= scale
         dk *= scale
     dbias = None if bias is None else _sum_to_shape(dscores, bias.shape)
-    return (
-        _sum_to_shape(dq, q.shape),
-        _sum_to_shape(dk, k.shape),
-        _sum_to_shape(dv, v.shape),
-        dbias,
-    )
+    return _gradients_to_input_shapes(dq, dk, dv, dbias, q, k, v)
+
+
+def _gradients_to_input_shapes(
+    dq: np.ndarray,
+    dk: np.ndarray,
+    dv: np.ndarray,
+    dbias: np.ndarray | None,
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(dq, dk, dv, dbias), each of q, k, v's gradients summed over the axes its input was
+    broadcast along (a key/value shared by heads, say)."""
+    return _sum_to_shape(dq, q.shape), _sum_to_shape(dk, k.shape), _sum_to_shape(dv, v.shape), dbias
 
 
 def attention_inference(
@@ -620,12 +629,7 @@ def _blocked_backward(
     _on_cores(backward_part, scores_shape, (q, k, v), mask, bias)
     if scale != 1.0:
         dq *= scale
-    return (
-        _sum_to_shape(dq, q.shape),
-        _sum_to_shape(dk, k.shape),
-        _sum_to_shape(dv, v.shape),
-        dbias,
-    )
+    return _gradients_to_input_shapes(dq, dk, dv, dbias, q, k, v)
 
 
 def _blocked_backward_part(
