@@ -214,9 +214,10 @@ class BertLayer(Module):
         )
         self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.attention_norm = LayerNorm(d, eps=eps, dtype=dtype)
+        assert config.d_ff is not None, "BertConfig.__post_init__ sets d_ff"
         self.ffn = FeedForward(
             d,
-            config.d_ff,  # type: ignore[arg-type]  # BertConfig.__post_init__ sets it
+            config.d_ff,
             activation=config.activation,
             dropout=0.0,
             rng=rng,

@@ -261,9 +261,9 @@ class Block(Module):
             d, config.n_head, rng, std=config.init_std, out_std=out_std, dtype=dtype
         )
         self.ln_2 = LayerNorm(d, eps=config.layer_norm_eps, dtype=dtype)
-        d_ff: int = config.d_ff  # type: ignore[assignment]  # GPTConfig.__post_init__ sets it
+        assert config.d_ff is not None, "GPTConfig.__post_init__ sets d_ff"
         self.mlp = MLP(
-            d, d_ff, config.activation, rng, config.init_std, out_std=out_std, dtype=dtype
+            d, config.d_ff, config.activation, rng, config.init_std, out_std=out_std, dtype=dtype
         )
         self.drop_attn = Dropout(config.dropout, rng=child_rng(rng))
         self.drop_mlp = Dropout(config.dropout, rng=child_rng(rng))

@@ -322,8 +322,8 @@ class T5Stack(Module):
 
     def __init__(self, config: T5Config, is_decoder: bool, rng: np.random.Generator) -> None:
         super().__init__()
-        n_decoder: int = config.n_decoder_layer  # type: ignore[assignment]  # set by __post_init__
-        n_blocks = n_decoder if is_decoder else config.n_layer
+        assert config.n_decoder_layer is not None, "T5Config.__post_init__ sets it"
+        n_blocks = config.n_decoder_layer if is_decoder else config.n_layer
         self.is_decoder = is_decoder
         self.embed_dropout = Dropout(config.dropout, rng=child_rng(rng))
         self.relative_attention_bias = RelativePositionBias(
