@@ -424,21 +424,24 @@ def _on_cores(
     pass over a block (exp, the rescaling) runs on one core. Independent heads on
     independent cores split all of it. The parts write into disjoint views, so the result
     is the same to the bit. Not split: BLAS already on one thread (inside a batch split
-    over cores, or a caller's choice) or its thread count unknown; q, k or v broadcast
-    over a leading axis; a bias (its gradient would be summed over the parts); an axis
-    the mask does not broadcast over.
+    over cores, or a caller's choice) or its thread count unknown; a bias (its gradient
+    would be summed over the parts); an axis along which q, k or v is broadcast (a key
+    shared by a group of query heads) or the mask is not.
     """
     from numpyllm.nn.blas import blas_threads, current_threads
     from numpyllm.nn.parallel import available_cores, run_parts
 
     lead = scores_shape[:-2]
     threads = current_threads()
-    if not lead or bias is not None or any(a.shape[:-2] != lead for a in qkv) or not threads:
+    if not lead or bias is not None or any(a.ndim != len(scores_shape) for a in qkv) or (
+        not threads
+    ):
         return run((...,))
     axes = [
         i for i in range(len(lead))
-        if mask is None or mask.ndim - len(scores_shape) + i < 0
-        or mask.shape[mask.ndim - len(scores_shape) + i] == 1
+        if all(a.shape[i] == lead[i] for a in qkv)
+        and (mask is None or mask.ndim - len(scores_shape) + i < 0
+             or mask.shape[mask.ndim - len(scores_shape) + i] == 1)
     ]  # fmt: skip
     axis = max(axes, key=lambda i: lead[i], default=None)
     n = 0 if axis is None else min(threads, available_cores(), lead[axis])

@@ -9,28 +9,28 @@ KV cache of generation, which holds H_kv heads instead of H: G times smaller.
     out_h = softmax(scale · Q_h K_{h//G}^T + mask) V_{h//G}             h = 0 .. H - 1
 
 Forward without copying the shared heads. Instead of repeating each key/value head G times
-(transformers' ``repeat_kv``), the G query heads of a group are stacked along the query
-axis: Q (..., H, Tq, d) is viewed as (..., H_kv, G·Tq, d), row g·Tq + i being query i of
-the group's head g. Each key/value head then meets all the queries that read it in one
-matrix product, (G·Tq, d) @ (d, Tk), and the ordinary attention op runs on these shapes.
-Rows are independent in attention, so the stacking changes nothing but the shapes: the
-causal rule is applied per row with query i's position, the mask of head g goes to rows
-g·Tq .. g·Tq + Tq - 1.
+(transformers' ``repeat_kv``), the heads get a group axis: Q (..., H, Tq, d) is viewed as
+(..., H_kv, G, Tq, d), query head h = kv·G + g at [kv, g], and K, V (..., H_kv, Tk, d) as
+(..., H_kv, 1, Tk, d), a key/value head broadcast over its group. The ordinary attention op
+runs on these shapes, with its own causal rule (each head's queries are still its Tq rows,
+so causal attention skips the key blocks in a query block's future, as for any head).
 
 Backward: the gradient of a shared head. K_j of group kv enters the scores of every query
-row of every head of the group, S_{(g,i), j} = scale Q_{g,i} · K_j, so
+row of every head of the group, S_{g,i,j} = scale Q_{g,i} · K_j, so
 
-    dL/dK_j = scale Σ_g Σ_i dS_{(g,i), j} Q_{g,i}         ->  dK = scale dS^T Q
+    dL/dK_j = scale Σ_g Σ_i dS_{g,i,j} Q_{g,i}        ->  dK = scale Σ_g dS_g^T Q_g
 
-over the stacked (G·Tq) rows: the sum over the group's heads is the matmul's own
-contraction, and likewise dV = P^T dout sums each head's share into the shared value head.
-dQ is per head, as in multi-head attention. (Repeating K and V and summing the repeated
-copies' gradients afterwards gives the same numbers with G times more memory.)
+the sum over the group axis along which K was broadcast (attention's backward sums a
+gradient back to its input's shape), and likewise dV = Σ_g P_g^T dout_g sums each head's
+share into the shared value head. dQ is per head, as in multi-head attention. (Repeating K
+and V, as ``repeat_kv`` does, gives the same numbers with G times their memory.)
+
+A generation step (one query) stacks the group's heads along the query axis instead,
+(..., H_kv, G·Tq, d): G query rows meet their shared keys in one matrix product rather than
+G matrix-vector products (``grouped_query_attention_inference``).
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import numpy as np
 
@@ -63,49 +63,49 @@ def _check(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> int:
     return heads // kv_heads
 
 
-@lru_cache(maxsize=32)
-def _grouped_causal(groups: int, tq: int, tk: int) -> np.ndarray:
-    """(G·Tq, Tk) boolean, True = may attend: row g·Tq + i sees keys j <= i + Tk - Tq
-    (end-aligned, as in ``numpyllm.functional.attention``). Read-only, shared."""
-    allowed = np.tril(np.ones((tq, tk), dtype=bool), k=tk - tq)  # (Tq, Tk)
-    table = np.tile(allowed, (groups, 1))  # (G·Tq, Tk)
-    table.flags.writeable = False
-    return table
-
-
 def _grouped_mask(
-    mask: np.ndarray | None, causal: bool, lead: tuple[int, ...], heads: int, groups: int,
-    tq: int, tk: int,
-) -> np.ndarray | None:  # fmt: skip
-    """The boolean mask for the stacked shapes (..., H_kv, G·Tq, Tk), or None.
+    mask: np.ndarray | None, lead: tuple[int, ...], heads: int, groups: int, tq: int, tk: int
+) -> np.ndarray | None:
+    """The boolean mask for the grouped shapes (..., H_kv, G, Tq, Tk), or None.
 
-    A mask shared by every head and query, (..., 1, 1, Tk) such as padding, is used as it
-    is; any other is broadcast to (..., H, Tq, Tk) first and then regrouped.
+    A mask with one head axis for every head, (..., 1, Tq | 1, Tk) such as padding, gets a
+    group axis of size 1; a per-head one (..., H, Tq, Tk) has its head axis cut into
+    (H_kv, G), the order in which the heads are grouped.
     """
-    grouped = None
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != np.bool_:
-            raise TypeError(f"grouped_query_attention: mask must be boolean, got {mask.dtype}")
-        try:
-            full = np.broadcast_shapes(mask.shape, (*lead, heads, tq, tk))
-        except ValueError:
-            full = None
-        if full != (*lead, heads, tq, tk):
-            raise ValueError(
-                f"grouped_query_attention: mask of shape {mask.shape} does not broadcast to "
-                f"(..., H, Tq, Tk) = {(*lead, heads, tq, tk)}"
-            )
-        if mask.ndim >= 3 and mask.shape[-3] == 1 and mask.shape[-2] == 1:
-            grouped = mask  # the same row of keys for every head and query
-        else:
-            grouped = np.broadcast_to(mask, full).reshape(*lead, heads // groups, groups * tq, tk)
-    if causal and tq > 1:
-        table = _grouped_causal(groups, tq, tk)
-        grouped = table if grouped is None else grouped & table
-    elif causal and tk < tq:  # a single query with no key: nothing to see
-        grouped = np.zeros((1, tk), dtype=bool) if grouped is None else grouped & False
-    return grouped
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"grouped_query_attention: mask must be boolean, got {mask.dtype}")
+    try:
+        full = np.broadcast_shapes(mask.shape, (*lead, heads, tq, tk))
+    except ValueError:
+        full = None
+    if full != (*lead, heads, tq, tk):
+        raise ValueError(
+            f"grouped_query_attention: mask of shape {mask.shape} does not broadcast to "
+            f"(..., H, Tq, Tk) = {(*lead, heads, tq, tk)}"
+        )
+    if mask.ndim < 3:  # no head axis: broadcasts as it is
+        return mask
+    *rest, mask_heads, rows, cols = mask.shape
+    split = (1, 1) if mask_heads == 1 else (heads // groups, groups)
+    return mask.reshape(*rest, *split, rows, cols)
+
+
+def _block_size(causal: bool, tq: int, tk: int) -> int | None:
+    """Queries and keys per block of causal attention (None: attention's default).
+
+    Blocks of a causal problem in a query block's future are skipped, so smaller blocks
+    skip more of the masked half (n blocks a side compute n (n + 1) / 2 of the n² score
+    blocks), while each block pays the online softmax's bookkeeping. Measured forward and
+    backward on one thread of an AMD EPYC Zen 4 (d = 48, G = 2): at T = 256, blocks of 64
+    take 0.69x the time of one whole block; at T = 512 .. 4,096 blocks of 128 are the
+    fastest (0.58x at T = 1,024, 0.91x blocks of 256 at T = 4,096). At T <= 64 one block.
+    """
+    if not causal:
+        return None
+    return 64 if max(tq, tk) <= 256 else 128
 
 
 def grouped_query_attention_forward(
@@ -122,15 +122,18 @@ def grouped_query_attention_forward(
     -> out (..., H, Tq, dv). ``causal`` is end-aligned (query i sees keys j <= i + Tk - Tq,
     for a KV cache); ``mask`` is boolean, broadcastable to (..., H, Tq, Tk), True = may
     attend; ``scale`` defaults to 1 / sqrt(d). The work is ``attention_forward`` on q viewed
-    as (..., H_kv, G·Tq, d) (see the module docstring).
+    as (..., H_kv, G, Tq, d) and k, v as (..., H_kv, 1, Tk, d) (see the module docstring).
     """
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     groups = _check(q, k, v)
     *lead, heads, tq, d = q.shape
     tk = k.shape[-2]
-    stacked = q.reshape(*lead, heads // groups, groups * tq, d)  # a view when q is C-ordered
-    table = _grouped_mask(mask, causal, tuple(lead), heads, groups, tq, tk)
-    out, cache = attention_forward(stacked, k, v, mask=table, scale=scale)  # (.., Hkv, G·Tq, dv)
+    grouped = q.reshape(*lead, heads // groups, groups, tq, d)  # a view when q is C-ordered
+    table = _grouped_mask(mask, tuple(lead), heads, groups, tq, tk)
+    out, cache = attention_forward(
+        grouped, k[..., None, :, :], v[..., None, :, :], causal=causal, mask=table,
+        scale=scale, block_size=_block_size(causal, tq, tk),
+    )  # (..., Hkv, G, Tq, dv); k and v are (..., Hkv, 1, Tk, d) views  # fmt: skip
     return out.reshape(*lead, heads, tq, v.shape[-1]), (cache, q.shape)
 
 
@@ -141,12 +144,12 @@ def grouped_query_attention_backward(
     summed gradient (see the module docstring). ``out``: the forward's output, if kept (it
     spares the backward one (Tq, Tk) contraction)."""
     attention_cache, q_shape = cache
-    stacked_q = attention_cache[0]
-    dout = np.asarray(dout).reshape(stacked_q.shape[:-1] + (-1,))  # (..., Hkv, G·Tq, dv)
+    grouped_q, k, v = attention_cache[:3]
+    dout = np.asarray(dout).reshape(grouped_q.shape[:-1] + (-1,))  # (..., Hkv, G, Tq, dv)
     if out is not None:
         out = out.reshape(dout.shape)
-    dq, dk, dv, _ = attention_backward(dout, attention_cache, out=out)
-    return dq.reshape(q_shape), dk, dv
+    dq, dk, dv, _ = attention_backward(dout, attention_cache, out=out)  # dk, dv summed over G
+    return dq.reshape(q_shape), dk[..., 0, :, :], dv[..., 0, :, :]
 
 
 def grouped_query_attention_inference(
@@ -154,11 +157,15 @@ def grouped_query_attention_inference(
 ) -> np.ndarray:
     """The forward's output alone, for generation: q (B, H, Tq, d) from the model itself,
     k and v (B, H_kv, Tk, d) with Tk >= Tq. A single query sees every key, so a generation
-    step runs ``attention_inference`` on the stacked heads with no mask at all."""
+    step runs ``attention_inference`` on the group's heads stacked along the query axis,
+    with no mask at all; a prompt runs it on the forward's grouped shapes, causal."""
     *lead, heads, tq, d = q.shape
     kv_heads = k.shape[-3]
-    stacked = q.reshape(*lead, kv_heads, heads // kv_heads * tq, d)  # (..., Hkv, G·Tq, d)
     if causal and tq > 1:
-        out, _ = grouped_query_attention_forward(q, k, v, causal=True)
-        return out
-    return attention_inference(stacked, k, v).reshape(*lead, heads, tq, v.shape[-1])
+        grouped = q.reshape(*lead, kv_heads, heads // kv_heads, tq, d)  # (..., Hkv, G, Tq, d)
+        out = attention_inference(grouped, k[..., None, :, :], v[..., None, :, :], causal=True,
+                                  block_size=_block_size(True, tq, k.shape[-2]))  # fmt: skip
+    else:
+        stacked = q.reshape(*lead, kv_heads, heads // kv_heads * tq, d)  # (..., Hkv, G·Tq, d)
+        out = attention_inference(stacked, k, v)
+    return out.reshape(*lead, heads, tq, v.shape[-1])
