@@ -77,8 +77,8 @@ def _layer_norm_rows(
 
 
 def layer_norm_backward(
-    dout: np.ndarray, cache: tuple
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dout: np.ndarray, cache: tuple, need_weight: bool = True, need_bias: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients of y = x̂ w + b,  x̂ = (x - μ) r,  r = (σ² + ε)^(-1/2).
 
     Parameters, summing over rows n:  dw = Σ_n dout ⊙ x̂,  db = Σ_n dout.
@@ -98,6 +98,9 @@ def layer_norm_backward(
     Σ_i g_i = Σ_i dout_i w_i and Σ_i g_i x_c,i = Σ_i P_i w_i with P = dout ⊙ x_c,
     and the same P gives dw = Σ_n r_n P_n. Elementwise passes: x_c, P, g, r g,
     x_c · (...), and two adds.
+
+    ``need_weight=False`` / ``need_bias=False`` (a frozen w or b) skip that reduction over
+    the rows and return None in its place; dx does not depend on either.
     """
     x, mean, rstd, weight, param_dtype = cache
     weight = weight.astype(x.dtype, copy=False)  # compute in x's dtype
@@ -107,8 +110,8 @@ def layer_norm_backward(
     xc = x2 - mean[:, None]  # (N, d)
     p = g2 * xc  # dout ⊙ x_c
     # The four reductions are matrix-vector products (see the module docstring).
-    dweight = rstd.astype(x.dtype, copy=False) @ p  # (N,) @ (N, d): Σ_n r_n P_n
-    dbias = np.ones(len(g2), dtype=x.dtype) @ g2  # Σ_n dout_n
+    dweight = rstd.astype(x.dtype, copy=False) @ p if need_weight else None  # Σ_n r_n P_n
+    dbias = np.ones(len(g2), dtype=x.dtype) @ g2 if need_bias else None  # Σ_n dout_n
     mean_g = (g2 @ weight) / d  # (N,)   mean(g)
     mean_gxc = (p @ weight) / d  # (N,)   mean(g ⊙ x_c)
     dx = np.multiply(g2, weight, out=p)  # P is spent: reuse its memory
@@ -118,8 +121,8 @@ def layer_norm_backward(
     dx += (-rstd * mean_g)[:, None]
     return (
         dx.reshape(x.shape),
-        dweight.astype(param_dtype, copy=False),
-        dbias.astype(param_dtype, copy=False),
+        None if dweight is None else dweight.astype(param_dtype, copy=False),
+        None if dbias is None else dbias.astype(param_dtype, copy=False),
     )
 
 

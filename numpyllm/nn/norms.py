@@ -38,12 +38,15 @@ class LayerNorm(Module):
         return layer_norm_output(self._cache, self.bias.data)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        dx, dweight, dbias = layer_norm_backward(dout, forward_cache(self._cache, self))
+        weight, bias = self.weight, self.bias
+        # a frozen parameter's reduction over the rows is not made
+        need = {"need_weight": weight.requires_grad, "need_bias": bias.requires_grad}
+        dx, dweight, dbias = layer_norm_backward(dout, forward_cache(self._cache, self), **need)
         self._cache = None
-        if self.weight.requires_grad:
-            self.weight.grad += dweight
-        if self.bias.requires_grad:
-            self.bias.grad += dbias
+        if dweight is not None:
+            weight.grad += dweight
+        if dbias is not None:
+            bias.grad += dbias
         return dx
 
 

@@ -8,10 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numpyllm.functional import linear as functional_linear
+from numpyllm.functional import norms as functional_norms
 from numpyllm.models.bert import BERT, BertConfig
 from numpyllm.models.gpt import GPT, GPTConfig
 from numpyllm.models.t5 import T5, T5Config
 from numpyllm.nn.linear import Linear
+from numpyllm.nn.norms import LayerNorm
 from numpyllm.nn.parameter import Parameter
 from numpyllm.optim import SGD, AdamW, clip_grad_norm, param_groups_for_weight_decay
 
@@ -92,6 +94,40 @@ def test_a_frozen_weight_never_forms_its_gradient_product(monkeypatch):
     assert calls == [False] and layer.weight.grad is None
     np.testing.assert_allclose(dx, np.ones((5, 3)) @ layer.weight.data.T)
     np.testing.assert_allclose(layer.bias.grad, np.full(3, 5.0))
+
+
+@pytest.mark.parametrize("weight_frozen,bias_frozen", [(True, True), (True, False), (False, True)])
+def test_a_frozen_layer_norm_parameter_never_forms_its_reduction(monkeypatch, weight_frozen,
+                                                                 bias_frozen):  # fmt: skip
+    calls: list[tuple] = []
+    original = functional_norms.layer_norm_backward
+
+    def spy(dout, cache, need_weight=True, need_bias=True):
+        grads = original(dout, cache, need_weight=need_weight, need_bias=need_bias)
+        calls.append(grads)
+        return grads
+
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 4))
+    trained, frozen = LayerNorm(4, dtype=np.float64), LayerNorm(4, dtype=np.float64)
+    for norm in (trained, frozen):
+        norm.weight.data[...] = rng.standard_normal(4)  # not all ones: w enters dx
+    frozen.weight.data[...] = trained.weight.data
+    frozen.weight.requires_grad = not weight_frozen
+    frozen.bias.requires_grad = not bias_frozen
+    trained(x)
+    expected = trained.backward(dout)
+    monkeypatch.setattr("numpyllm.nn.norms.layer_norm_backward", spy)
+    frozen(x)
+    np.testing.assert_array_equal(frozen.backward(dout), expected)
+    _, dweight, dbias = calls[0]
+    assert (dweight is None) == weight_frozen and (dbias is None) == bias_frozen
+    assert (frozen.weight.grad is None) == weight_frozen
+    assert (frozen.bias.grad is None) == bias_frozen
+    if not weight_frozen:
+        np.testing.assert_array_equal(frozen.weight.grad, trained.weight.grad)
+    if not bias_frozen:
+        np.testing.assert_array_equal(frozen.bias.grad, trained.bias.grad)
 
 
 def test_optimizers_clipping_and_groups_leave_frozen_parameters_out():
