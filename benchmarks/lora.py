@@ -1,7 +1,7 @@
 """LoRA fine-tuning against full fine-tuning, and against PyTorch + peft: step time and peak
 memory of one training step (forward, backward, AdamW) on the benchmark GPT configs.
 
-    python -m benchmarks.lora                       # small and medium, 2 threads, 7 rounds
+    python -m benchmarks.lora                       # small, medium, gpt2; 2 threads, 7 rounds
     python -m benchmarks.lora --configs tiny --rounds 3 --threads 1
 
 Sides, on the same model (weights copied into the torch GPT of ``benchmarks.torch_gpt``):
@@ -40,6 +40,13 @@ from benchmarks.common import (
     torch_available,
 )
 
+# GPT-2 124M's shape (random weights, nothing downloaded), with its 1024 learned positions: a
+# pretrained checkpoint of the size LoRA is used on, whose weights (P = 124M numbers) outweigh
+# a small batch's activations, unlike the benchmark presets above, whose activations dominate.
+LORA_CONFIGS = {"gpt2": BenchConfig("gpt2", 50257, 12, 12, 768, 128, 4)}
+POSITIONS = {"gpt2": 1024}
+ALL_CONFIGS = {**CONFIGS, **QUICK_CONFIGS, **LORA_CONFIGS}
+
 R, ALPHA = 8, 16
 NUMPYLLM_TARGETS = ["c_attn", "c_proj"]
 TORCH_TARGETS = ["c_attn", "attn_proj", "mlp_proj"]  # the same layers in benchmarks.torch_gpt
@@ -48,10 +55,14 @@ SIDES = ["numpyllm full", "numpyllm LoRA", "torch LoRA", "torch full"]
 RECOMPUTE = [False]  # --recompute: numpyllm's activation recomputation (its memory setting)
 
 
+def _gpt_config(cfg: BenchConfig):
+    return gpt_config(cfg, max_seq_len=POSITIONS.get(cfg.name))
+
+
 def _numpyllm(cfg: BenchConfig, ids: np.ndarray, threads: int, lora: bool):
     import numpyllm as nl
 
-    model = nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0))
+    model = nl.GPT(_gpt_config(cfg), rng=np.random.default_rng(0))
     model.num_threads = threads
     model.recompute_activations = RECOMPUTE[0]
     if lora:
@@ -75,8 +86,8 @@ def _torch(cfg: BenchConfig, ids: np.ndarray, lora: bool):
     import numpyllm as nl
     from benchmarks.torch_gpt import TorchGPT
 
-    tmodel = TorchGPT(gpt_config(cfg), attention="sdpa")
-    tmodel.load_numpyllm(nl.GPT(gpt_config(cfg), rng=np.random.default_rng(0)))
+    tmodel = TorchGPT(_gpt_config(cfg), attention="sdpa")
+    tmodel.load_numpyllm(nl.GPT(_gpt_config(cfg), rng=np.random.default_rng(0)))
     if lora:
         import peft
 
@@ -116,11 +127,24 @@ def measure_memory(side: str, cfg: BenchConfig, threads: int, steps: int = 2) ->
     warm()
     del warm
     baseline = _status_kib("VmRSS")
-    _reset_peak()
     step = _make(side, cfg, ids, threads)
+    _return_free_heap()
+    _reset_peak()  # the peak of the steps: weights, optimizer state and the steps' arrays
     for _ in range(steps):
         step()
     return (_status_kib("VmHWM") - baseline) / 1024
+
+
+def _return_free_heap() -> None:
+    """Give the free heap back to the kernel (glibc). Building a model with random weights
+    draws each one in float64 and converts it: heap blocks that numpyllm's allocator policy
+    (``numpyllm.nn.allocator``) keeps after they are freed, which a fine-tuning run that
+    loads its checkpoint never makes, and which would otherwise count as its memory."""
+    import ctypes
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _memory_in_subprocess(side: str, cfg_name: str, threads: int) -> float:
@@ -135,18 +159,31 @@ def _memory_in_subprocess(side: str, cfg_name: str, threads: int) -> float:
     return float(json.loads(done.stdout.strip().splitlines()[-1])["growth_mib"])
 
 
+# the ratios the targets are about, each taken round by round (the two sides ran back to back)
+RATIOS = {"LoRA / full": ("numpyllm LoRA", "numpyllm full"),
+          "speed vs torch+peft": ("torch LoRA", "numpyllm LoRA")}  # fmt: skip
+
+
+def _paired(over: list[float], under: list[float]) -> dict:
+    """Median, lowest and highest of the per-round ratios over[i] / under[i]."""
+    ratios = [a / b for a, b in zip(over, under)]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+
+
 def run(configs: list[str], threads: int, rounds: int) -> list[dict]:
     limiter = limit_threads(threads)  # noqa: F841
     sides = SIDES if torch_available() and not RECOMPUTE[0] else SIDES[:2]
-    all_configs = {**CONFIGS, **QUICK_CONFIGS}
     rows = []
     for name in configs:
-        cfg = all_configs[name]
+        cfg = ALL_CONFIGS[name]
         ids = _ids(cfg)
         steps = {side: _make(side, cfg, ids, threads) for side in sides}
         times = alternate(steps, rounds, min_seconds=0.25)
         del steps
-        row: dict = {"config": name, "tokens": cfg.batch * cfg.seq}
+        row: dict = {"config": name, "tokens": cfg.batch * cfg.seq, "ratios": {}}
+        for key, (over, under) in RATIOS.items():
+            if over in times and under in times:
+                row["ratios"][key] = _paired(times[over], times[under])
         for side in sides:
             row[side] = {"seconds": summary(times[side]),
                          "memory_mib": _memory_in_subprocess(side, name, threads)}  # fmt: skip
@@ -176,18 +213,28 @@ def table(rows: list[dict]) -> str:
             row.pop("torch LoRA")
         mf, ml, mt = m(row, "numpyllm full"), m(row, "numpyllm LoRA"), m(row, "torch LoRA")
         spread = max(row[s]["seconds"].get("spread", 0.0) for s in SIDES if s in row)
+        ratios = row.get("ratios", {})
         lines.append(
-            f"| {row['config']} | {1e3 * full:.1f} ms | {1e3 * lora:.1f} ms | {lora / full:.2f} | "
-            f"{1e3 * tl:.1f} ms | {tl / lora:.2f}x | {1e3 * tf:.1f} ms | {mf:.1f} MiB | "
+            f"| {row['config']} | {1e3 * full:.1f} ms | {1e3 * lora:.1f} ms | "
+            f"{_ratio(ratios.get('LoRA / full'), lora / full)} | {1e3 * tl:.1f} ms | "
+            f"{_ratio(ratios.get('speed vs torch+peft'), tl / lora)}x | {1e3 * tf:.1f} ms | "
+            f"{mf:.1f} MiB | "
             f"{ml:.1f} MiB | {ml / mf:.2f} | {mt:.1f} MiB |"
             + (f" (timing spread up to {spread:.0%})" if spread > 0.2 else "")
         )
     return "\n".join(lines)
 
 
+def _ratio(paired: dict | None, of_medians: float) -> str:
+    """The median of the per-round ratios and their range, or the medians' ratio alone."""
+    if paired is None:
+        return f"{of_medians:.2f}"
+    return f"{paired['median']:.2f} ({paired['min']:.2f}-{paired['max']:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="small,medium")
+    parser.add_argument("--configs", default="small,medium,gpt2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", metavar="PATH")
@@ -199,7 +246,7 @@ def main() -> None:
     RECOMPUTE[0] = args.recompute
     names = [n for n in args.configs.split(",") if n]
     if args.memory_side:
-        cfg = {**CONFIGS, **QUICK_CONFIGS}[names[0]]
+        cfg = ALL_CONFIGS[names[0]]
         growth = measure_memory(args.memory_side, cfg, args.threads)
         print(json.dumps({"growth_mib": growth}))
         return
