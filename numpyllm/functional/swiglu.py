@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from numpyllm.functional.activations import CHUNK_ELEMENTS, _chunks
+
 
 def silu_forward(g: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """y = g σ(g). Returns y and the cache (g, σ(g))."""
@@ -59,16 +61,37 @@ def swiglu_forward(
 
 
 def swiglu_backward(
-    dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray]
+    dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray, np.ndarray], overwrite: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(dgate, dup) for h = silu(gate) ⊙ up (derivation in the module docstring)."""
+    """(dgate, dup) for h = silu(gate) ⊙ up (derivation in the module docstring).
+
+    Eight passes, chunk by chunk (``CHUNK_ELEMENTS``, as the GELUs) with one chunk of
+    scratch. ``overwrite``: the cache and dout are spent (a model's backward, which drops
+    both), so dup is written into σ's memory and dgate into dout's (a C-ordered array of
+    gate's dtype), and no (..., d_ff) array is allocated: fresh arrays of that size cost
+    their page faults on first touch.
+    """
     gate, up, sig = cache
     dout = np.asarray(dout, dtype=gate.dtype)
-    dup = gate * sig  # silu(g)
-    dup *= dout
-    dgate = _silu_derivative(gate, sig)
-    dgate *= dout
-    dgate *= up
+    if dout.shape != gate.shape:
+        raise ValueError(f"swiglu: dout must have shape {gate.shape}, got {dout.shape}")
+    spend = overwrite and dout.flags.c_contiguous and dout.flags.writeable
+    dgate = dout if spend else np.empty_like(gate, order="C")
+    dup = sig if spend else np.empty_like(gate, order="C")
+    g_flat, u_flat, s_flat = gate.reshape(-1), up.reshape(-1), sig.reshape(-1)
+    d_flat, dg_flat, du_flat = dout.reshape(-1), dgate.reshape(-1), dup.reshape(-1)
+    scratch = np.empty(min(CHUNK_ELEMENTS, g_flat.size), dtype=gate.dtype)
+    for c in _chunks(g_flat.size):
+        g, s, d = g_flat[c], s_flat[c], d_flat[c]
+        t = scratch[: len(g)]
+        np.subtract(1.0, s, out=t)  # silu'(g) = σ (1 + g (1 - σ)), read before σ's memory
+        t *= g  # is reused for dup
+        t += 1.0
+        t *= s
+        t *= u_flat[c]  # u silu'(g)
+        np.multiply(g, s, out=du_flat[c])  # silu(g)
+        du_flat[c] *= d
+        np.multiply(d, t, out=dg_flat[c])
     return dgate, dup
 
 
@@ -82,12 +105,16 @@ def swiglu_inference(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(g: np.ndarray) -> np.ndarray:
-    """σ(g) = 1 / (1 + e^{-g}); e^{-g} overflowing to inf for g << 0 gives the right 0."""
-    s = np.negative(g)
-    with np.errstate(over="ignore"):
-        np.exp(s, out=s)
-    s += 1.0
-    np.reciprocal(s, out=s)
+    """σ(g) = 1 / (1 + e^{-g}) = (1 + tanh(g / 2)) / 2, a fresh array.
+
+    The tanh form: NumPy's float32 tanh is a vector loop and its reciprocal is not, so the
+    four passes cost about half of negate, exp, + 1, reciprocal (measured on a Zen 4). It
+    cannot overflow, and it is 0 and 1 at the far ends as the exp form is.
+    """
+    s = g * 0.5
+    np.tanh(s, out=s)
+    s *= 0.5
+    s += 0.5
     return s
 
 

@@ -245,7 +245,8 @@ class LlamaMLP(Module):
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         assert self._cache is not None, "LlamaMLP.backward needs a forward first"
-        dgate, dup = swiglu_backward(self.down_proj.backward(dout), self._cache)
+        # dhidden and the cache are spent: the gradients take their memory
+        dgate, dup = swiglu_backward(self.down_proj.backward(dout), self._cache, overwrite=True)
         self._cache = None
         dx = self.gate_proj.backward(dgate)
         dx += self.up_proj.backward(dup)

@@ -64,3 +64,16 @@ def test_bad_inputs_raise_clear_errors():
         swiglu_forward(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64))
     with pytest.raises(TypeError, match="floating"):
         silu_forward(np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 70_000)], ids=["one chunk", "several chunks"])
+def test_overwriting_backward_equals_the_plain_one(shape):
+    rng = np.random.default_rng(0)
+    gate, up, dout = (rng.standard_normal(shape).astype(np.float32) * 3 for _ in range(3))
+    _, cache = swiglu_forward(gate, up)
+    dgate, dup = swiglu_backward(dout, cache)
+    spent_dout = dout.copy()
+    dgate2, dup2 = swiglu_backward(spent_dout, cache, overwrite=True)
+    assert dgate2 is spent_dout and dup2 is cache[2]  # no new (..., d_ff) arrays
+    np.testing.assert_array_equal(dgate2, dgate)
+    np.testing.assert_array_equal(dup2, dup)
