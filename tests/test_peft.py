@@ -187,6 +187,40 @@ def test_adapter_dropout_with_recomputed_activations_draws_the_same_masks(thread
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_no_input_gradient_is_formed_below_the_lowest_adapter(monkeypatch, threads, dropout):
+    """Over frozen embeddings, block 0's c_attn forms dA and dB but no dx (its product with
+    the weight); the adapters' gradients are those of a run that forms it (wpe trained)."""
+    made_dx: list[LoraLinear] = []
+    original = LoraLinear.backward_from_input
+
+    def spy(self, dout, x):
+        made_dx.append(self)
+        return original(self, dout, x)
+
+    monkeypatch.setattr(LoraLinear, "backward_from_input", spy)
+    grads = []
+    for train_wpe in (True, False):
+        config = nl.peft.LoraConfig(r=2, target_modules=["c_attn", "c_proj"], lora_dropout=dropout)
+        pm = nl.peft.get_peft_model(gpt().astype(np.float64), config,
+                                    rng=np.random.default_rng(3))  # fmt: skip
+        for p in pm.trainable_parameters():
+            p.data[...] = np.random.default_rng(p.size).normal(0, 0.5, p.shape)
+        pm.wpe.weight.requires_grad = train_wpe
+        pm.num_threads = threads
+        made_dx.clear()
+        pm(IDS, labels=IDS)
+        pm.backward()
+        lowest = pm.h[0].attn.c_attn
+        assert (lowest in made_dx) == train_wpe
+        grads.append({name: p.grad.copy() for name, p in pm.named_parameters()
+                      if ".lora_" in name})  # fmt: skip
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[1].items():
+        np.testing.assert_allclose(g, grads[0][name], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
 @pytest.mark.parametrize("make", [gpt, bert, t5], ids=["gpt", "bert", "t5"])
 def test_memory_report_counts_gradients_and_optimizer_state_of_the_adapters_alone(make):
     model = make()

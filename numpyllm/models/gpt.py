@@ -162,6 +162,15 @@ class CausalSelfAttention(Module):
     def backward(self, dout: np.ndarray, norm: LayerNorm) -> np.ndarray:
         """dout (B, T, d) -> dx (B, T, d); the three projections' gradients land in one (B, T, 3d)
         buffer so c_attn's backward is one matmul. x is rebuilt from ``norm``, which made it."""
+        return self.c_attn.backward_from_input(self._dqkv(dout), norm.output())  # -> (B, T, d)
+
+    def parameter_backward(self, dout: np.ndarray, norm: LayerNorm) -> None:
+        """The parameters' gradients alone, for a block below which nothing trains: c_attn's
+        dx product is not formed."""
+        self.c_attn.parameter_backward(self._dqkv(dout), norm.output())
+
+    def _dqkv(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T, d) -> d[q | k | v] (B, T, 3d), c_proj's gradients added on the way."""
         (attn_caches, merged), self._cache = forward_cache(self._cache, self), None
         B, T, d = merged.shape
         H = self.n_head
@@ -175,7 +184,7 @@ class CausalSelfAttention(Module):
             dqkv_heads[0, rows] = dq  # each (b, H, T, dh)
             dqkv_heads[1, rows] = dk
             dqkv_heads[2, rows] = dv
-        return self.c_attn.backward_from_input(dqkv, norm.output())  # (B, T, 3d) -> (B, T, d)
+        return dqkv
 
 
 class MLP(Module):
@@ -250,6 +259,8 @@ class Block(Module):
 
     Backward: each residual branch adds its gradient to the one flowing straight through,
         da = dy + d(ln_2 branch)(dy),   dx = da + d(ln_1 branch)(da).
+    dx is formed only for a caller below which something trains (``backward``'s
+    ``need_input``).
     """
 
     def __init__(self, config: GPTConfig, rng: np.random.Generator, dtype=np.float32) -> None:
@@ -295,10 +306,19 @@ class Block(Module):
         self.mlp.forward_pre(self.ln_2(a))
         self.drop_mlp(a)  # only to draw its mask again (same Generator state); output unused
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, need_input: bool = True) -> np.ndarray | None:
+        """dout (B, T, d) -> dx (B, T, d). With ``need_input=False`` (nothing below the block
+        trains: the lowest block of a LoRA model over frozen embeddings) and ln_1 frozen,
+        the first branch's input gradient (c_attn's dx product, ln_1's backward) is not
+        formed and None is returned."""
         da = self.ln_2.backward(self.mlp.backward(self.drop_mlp.backward(dout), self.ln_2))
         da += dout  # straight-through path of the second residual
-        dx = self.ln_1.backward(self.attn.backward(self.drop_attn.backward(da), self.ln_1))
+        dbranch = self.drop_attn.backward(da)
+        if not need_input and not self.ln_1.trainable_parameters():
+            self.attn.parameter_backward(dbranch, self.ln_1)
+            self.ln_1.release()
+            return None
+        dx = self.ln_1.backward(self.attn.backward(dbranch, self.ln_1))
         dx += da  # straight-through path of the first residual
         return dx
 
@@ -510,8 +530,13 @@ class GPT(Model):
         dx = (dlogits2 @ head).reshape(B, T, d)  # (B*T, V) @ (V, d) -> (B, T, d)
         del dlogits, dlogits2, hidden
         dx = self.ln_f.backward(dx)
-        for block in reversed(self.h):
-            dx = block.backward(dx)  # (B, T, d)
+        # below block 0 lie only the embeddings: frozen, they need no dx from it
+        trains_below = self.wte.weight.requires_grad or self.wpe.weight.requires_grad
+        for i in reversed(range(len(self.h))):
+            dx = self.h[i].backward(dx, need_input=i > 0 or trains_below)  # (B, T, d)
+        if dx is None:
+            self.drop.release()
+            return
         dx = self.drop.backward(dx)
         if self.wpe.weight.requires_grad:
             self.wpe.weight.grad[past_len : past_len + T] += dx.sum(axis=0)  # (B, T, d) -> (T, d)

@@ -111,6 +111,16 @@ class Linear(Module):
             bias.grad += dbias
         return dx
 
+    def parameter_backward(self, dout: np.ndarray, x: np.ndarray) -> None:
+        """``backward_from_input`` for a caller that needs no dx (nothing below it trains):
+        dW = x^T dout and db = sum of dout's rows for the parameters that require them, and
+        the dx = dout W^T product (as costly as the forward's) is never formed."""
+        g2 = dout.reshape(-1, dout.shape[-1])  # (N, out)
+        if self.weight.requires_grad:
+            self.weight.grad += x.reshape(-1, x.shape[-1]).T @ g2  # (in, N) @ (N, out)
+        if self.bias is not None and self.bias.requires_grad:
+            self.bias.grad += np.ones(len(g2), dtype=g2.dtype) @ g2  # column sums, as above
+
 
 class Embedding(Module):
     """out[..., :] = W[ids[...]]: a table lookup whose backward is a scatter-add."""

@@ -89,7 +89,8 @@ class LoraLinear(Linear):
 
     def adapter_backward(self, dout: np.ndarray, x: np.ndarray) -> None:
         """dA and dB after a folded product, added into their gradients: dout (N, out) and
-        x (N, in), the dx product (through W') already made by the caller."""
+        x (N, in) the adapter's input, the dx product (through W') made by the caller if
+        needed."""
         dlora_a, dlora_b = lora_adapter_gradients(
             dout, x, self.lora_A.data, self.lora_B.data, self.scaling
         )
@@ -142,6 +143,14 @@ class LoraLinear(Linear):
         if self.lora_B.requires_grad:
             self.lora_B.grad += dlora_b
         return dx
+
+    def parameter_backward(self, dout: np.ndarray, x: np.ndarray) -> None:
+        """dA and dB (and the base's trainable parameters') with no dx formed: the adapter's
+        input is dropout(x) as the forward drew it, and its gradients need no du."""
+        super().parameter_backward(dout, x)
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        mask = self._take_mask(len(x2))
+        self.adapter_backward(dout.reshape(-1, dout.shape[-1]), x2 if mask is None else x2 * mask)
 
     def _take_mask(self, rows: int) -> np.ndarray | None:
         """The next ``rows`` rows of the masks the forward drew (None without dropout)."""
