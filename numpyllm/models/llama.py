@@ -55,7 +55,7 @@ from numpyllm.functional.grouped_query_attention import (
     grouped_query_attention_backward,
     grouped_query_attention_forward,
 )
-from numpyllm.functional.linear import linear_backward, linear_forward
+from numpyllm.functional.linear import linear_backward
 from numpyllm.functional.losses import cross_entropy_backward, cross_entropy_forward
 from numpyllm.functional.rope import rope_backward, rope_forward, rope_tables
 from numpyllm.functional.swiglu import swiglu_backward, swiglu_forward
@@ -408,9 +408,11 @@ class Llama(Model):
         vocab = self.config.vocab_size
         targets = None if labels is None else checks.shifted_targets(labels, (B, T), vocab)
         self._state = None
+        # The parts write their logits into one (B, T, V) buffer: no concatenation after a split
+        logits = np.empty((B, T, vocab), dtype=self.model.embed_tokens.weight.data.dtype)
         return run_forward(
             self,
-            {"ids": ids, "mask": mask, "targets": targets},
+            {"ids": ids, "mask": mask, "targets": targets, "logits_out": logits},
             batch=B,
             tokens=B * T,
             scored=None if targets is None else targets != IGNORE_INDEX,
@@ -428,9 +430,10 @@ class Llama(Model):
         past_key_values: KVCache | None = None,
         past_len: int = 0,
         use_cache: bool = False,
+        logits_out: np.ndarray | None = None,
     ) -> ModelOutput:
         """The forward on checked inputs: ``targets`` already shifted, ``mask`` boolean
-        (B, 1, 1, P + T) or None."""
+        (B, 1, 1, P + T) or None. Logits are written to ``logits_out`` (B, T, V) when given."""
         B, T = ids.shape
         rope = self.rope(past_len, T)
         x = self.model.embed_tokens(ids)  # (B, T) -> (B, T, d)
@@ -442,10 +445,16 @@ class Llama(Model):
                 x, present = x
                 presents.append(present)
         hidden = self.model.norm(x)  # (B, T, d)
-        if self.lm_head is None:
-            logits, head_cache = linear_forward(hidden, self.model.embed_tokens.weight.data.T)
-        else:
-            logits, head_cache = self.lm_head(hidden), None  # (B, T, d) -> (B, T, V)
+        embed = self.model.embed_tokens.weight.data  # (V, d)
+        if logits_out is None:
+            logits_out = np.empty((B, T, len(embed)), dtype=hidden.dtype)
+        logits = logits_out  # (B, T, V)
+        if self.lm_head is None:  # tied: h E^T
+            np.matmul(hidden.reshape(B * T, -1), embed.T, out=logits.reshape(B * T, -1))
+            head_input = hidden
+        else:  # the head's input is kept here, as Linear.forward would keep it
+            self.lm_head.project(hidden, out=logits)  # (B, T, d) -> (B, T, V)
+            head_input = fused_input_to_keep([self.lm_head], hidden)
         loss = loss_cache = None
         if targets is not None:
             loss_value, loss_cache = cross_entropy_forward(logits, targets, IGNORE_INDEX)
@@ -453,7 +462,7 @@ class Llama(Model):
         self._state = {
             "cached": past_key_values is not None or use_cache,
             "logits_shape": logits.shape,
-            "head_cache": head_cache,
+            "head_input": head_input,
             "loss_cache": loss_cache,
         }
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden,
@@ -489,12 +498,12 @@ class Llama(Model):
         embed = self.model.embed_tokens.weight
         if self.lm_head is None:
             dx, dembed_t, _ = linear_backward(
-                dlogits, state["head_cache"], need_weight=embed.requires_grad
+                dlogits, (state["head_input"], embed.data.T, False), need_weight=embed.requires_grad
             )  # (B, T, d), (d, V)
             if dembed_t is not None:  # (a frozen embedding gets no gradient product)
                 embed.grad += dembed_t.T
         else:
-            dx = self.lm_head.backward(dlogits)  # (B, T, V) -> (B, T, d)
+            dx = self.lm_head.backward_from_input(dlogits, state["head_input"])  # (B, T, d)
         del dlogits, state
         dx = self.model.norm.backward(dx)
         for layer in reversed(self.model.layers):
