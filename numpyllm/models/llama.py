@@ -337,7 +337,8 @@ class Llama(Model):
     def rope(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(cos, sin) (length, dh) of positions offset .. offset + length - 1, model's dtype."""
         cfg = self.config
-        cos, sin = _rope_tables(cfg.head_dim, cfg.max_seq_len, float(cfg.rope_theta), self.dtype)
+        dtype = self.model.embed_tokens.weight.data.dtype  # (self.dtype walks every module)
+        cos, sin = _rope_tables(cfg.head_dim, cfg.max_seq_len, float(cfg.rope_theta), dtype)
         return cos[offset : offset + length], sin[offset : offset + length]
 
     # ---- input checks --------------------------------------------------------------
