@@ -10,11 +10,34 @@ Sides, on the same model (weights copied into the torch GPT of ``benchmarks.torc
   torch LoRA        peft's LoRA, same targets and rank, sdpa attention
   torch full        every weight trained, sdpa attention
 
-Time: the sides run in turn, round after round, each sample at least 0.25 s; a cell is the
-median over the rounds. Memory: each side in a fresh subprocess, the growth of the resident
-set over the process's baseline during optimizer construction and two steps (as
-``benchmarks.memory`` measures it). Targets: LoRA step <= 0.75x the full step, LoRA peak
-<= 0.6x the full peak, and numpyllm LoRA at least as fast as torch + peft.
+Configs: ``small`` and ``medium`` (``benchmarks.common``: activations outweigh their weights)
+and ``gpt2``, GPT-2 124M's shape (V 50257, 12 layers, 12 heads, d 768, 1024 positions; seq 128,
+batch 4; random weights), the size of checkpoint LoRA is used on: its weights are ~1.1x a
+LoRA step's activations and temporaries.
+
+Time: the sides run in turn, round after round, each sample at least 0.25 s; a step cell is
+the median over the rounds, a ratio cell the median of the per-round ratios (the two sides
+ran back to back) with their range. Memory: each side in a fresh subprocess, the peak of
+the resident set over two steps, less the process's baseline before the model was built (as
+``benchmarks.memory`` measures it, but with the free heap handed back after building, so the
+float64 draws of the random initialisation, which a loaded checkpoint never makes, do not
+count): weights, gradients, optimizer state and the steps' arrays. Targets: LoRA step
+<= 0.75x the full step, LoRA peak <= 0.6x the full peak, and numpyllm LoRA at least as fast
+as torch + peft.
+
+Measured (AMD EPYC Zen 4, 2 cores shared with other jobs; paired ratios, median (range)):
+    config, threads (load)  LoRA/full time     vs torch+peft      LoRA/full memory
+    gpt2, 1 (3.4-4.5)       0.68 (0.59-0.74)   1.14x (0.78-1.45)  0.39  (914 / 2358 MiB)
+    gpt2, 2 (3.4-4.4)       0.54 (0.50-0.62)   2.3x (1.8-3.6)     0.32  (900 / 2771 MiB)
+    small, 1 (4-5)          0.85 (0.70-0.90)   1.21x (0.90-1.49)  0.89
+    medium, 1 (4-5)         0.79 (0.67-0.87)   1.10x (1.03-1.50)  0.71
+    small, 2 (4-5)          0.78 (0.52-0.99)   5.2x (3.2-17)      0.87
+    medium, 2 (4-5)         0.73 (0.68-0.75)   2.8x (1.8-3.5)     0.71
+
+gpt2 meets every target; small and medium, whose activations outweigh their weights, miss
+the memory target and (but for medium on two threads) the time one (docs/lora.md). With
+two threads on a loaded machine torch's spinning thread pool suffers most: the one-thread
+torch column is the fair one.
 """
 
 from __future__ import annotations
