@@ -90,7 +90,10 @@ def test_the_stream_gives_the_tokenizer_and_ids_of_the_whole_text(tmp_path, monk
 # address space merely reserved (each thread's stack, malloc's arenas), not memory used.
 UNDER_A_LIMIT = """
 import json, os, resource, sys
+from functools import partial
+import numpy as np
 from numpyllm import data
+from numpyllm.nn.parallel import available_cores, run_parts
 from numpyllm.cli import main
 
 data._READ_CHARS, data._CHUNK_CHARS, data._COPY_BYTES = 1 << 16, 1 << 12, 1 << 16
@@ -108,6 +111,12 @@ def train(path, val_tokens):
     ])
 
 warm = train(small, 2_400)  # evaluation: more (and fuller) batches than below
+# BLAS maps a work buffer for each thread that calls it at the same time, when it first
+# needs one (under load, calls overlap that did not before): map them all now, a matmul
+# large enough to use every BLAS thread, run on every thread training calls BLAS from.
+square = np.ones((1024, 1024), dtype=np.float32)
+for _ in range(3):
+    run_parts([partial(np.matmul, square, square)] * available_cores())
 limit = data_bytes() + int(room)
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 status = train(large, 300)  # ASCII: one character a byte
