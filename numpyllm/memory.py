@@ -441,12 +441,15 @@ def _row(name: str, params: int, activations: float, temporaries: float, flops: 
     )
 
 
-def _attention_scores(rows: int, heads: int, tq: int, tk: int) -> int:
+def _attention_scores(rows: int, heads: int, tq: int, tk: int, bias: bool = False) -> int:
     """Numbers in one attention call's score array: the whole (Tq, Tk) per row and head when
-    it fits in one block, else one (block x block) piece (``functional.attention``)."""
+    it fits in one block, else one (block x block) piece, for one head of one row at a time
+    (for all of them with a ``bias``, whose gradient keeps the heads together)
+    (``functional.attention``)."""
     if tq * tk <= DEFAULT_BLOCK_SIZE * DEFAULT_BLOCK_SIZE:
         return rows * heads * tq * tk
-    return rows * heads * min(tq, DEFAULT_BLOCK_SIZE) * min(tk, DEFAULT_BLOCK_SIZE)
+    together = rows * heads if bias else 1
+    return together * min(tq, DEFAULT_BLOCK_SIZE) * min(tk, DEFAULT_BLOCK_SIZE)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -563,7 +566,7 @@ def _t5_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list[
     ffn = "gated" if cfg.gated else "plain"
     u = B * T * d * s
     rows = math.ceil(B / threads)
-    scores = 2 * _attention_scores(rows, H, T, T) * s * threads
+    scores = 2 * _attention_scores(rows, H, T, T, bias=True) * s * threads
     bias = 2 * H * T * T * s  # the position bias and its gradient, per stack
     layers = [_row("embeddings", _module_params(model.shared), 2 * u, 2 * u, 0.0, model.shared)]
     proj = 4 * d * inner + (3 if cfg.gated else 2) * d * f
