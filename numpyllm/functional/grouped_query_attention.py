@@ -101,7 +101,8 @@ def _block_size(causal: bool, tq: int, tk: int) -> int | None:
     blocks), while each block pays the online softmax's bookkeeping. Measured forward and
     backward on one thread of an AMD EPYC Zen 4 (d = 48, G = 2): at T = 256, blocks of 64
     take 0.69x the time of one whole block; at T = 512 .. 4,096 blocks of 128 are the
-    fastest (0.58x at T = 1,024, 0.91x blocks of 256 at T = 4,096). At T <= 64 one block.
+    fastest (0.58x one whole block at T = 1,024; 0.91x blocks of 256 at T = 4,096). Up to
+    T = 64 the problem is one block (attention's plain path).
     """
     if not causal:
         return None
@@ -144,7 +145,7 @@ def grouped_query_attention_backward(
     summed gradient (see the module docstring). ``out``: the forward's output, if kept (it
     spares the backward one (Tq, Tk) contraction)."""
     attention_cache, q_shape = cache
-    grouped_q, k, v = attention_cache[:3]
+    grouped_q = attention_cache[0]  # (..., Hkv, G, Tq, d)
     dout = np.asarray(dout).reshape(grouped_q.shape[:-1] + (-1,))  # (..., Hkv, G, Tq, dv)
     if out is not None:
         out = out.reshape(dout.shape)
