@@ -98,15 +98,13 @@ def _block_size(causal: bool, tq: int, tk: int) -> int | None:
 
     Blocks of a causal problem in a query block's future are skipped, so smaller blocks
     skip more of the masked half (n blocks a side compute n (n + 1) / 2 of the n² score
-    blocks), while each block pays the online softmax's bookkeeping. Measured forward and
-    backward on one thread of an AMD EPYC Zen 4 (d = 48, G = 2): at T = 256, blocks of 64
-    take 0.69x the time of one whole block; at T = 512 .. 4,096 blocks of 128 are the
-    fastest (0.58x one whole block at T = 1,024; 0.91x blocks of 256 at T = 4,096). Up to
-    T = 64 the problem is one block (attention's plain path).
+    blocks), while each block pays its own bookkeeping. Measured forward and backward, CPU
+    time on one thread of an AMD EPYC Zen 4 (d = 48, G = 2): blocks of 128 take 0.80-0.86x
+    the time of one whole block at T = 256, 0.80x at T = 1,024 (blocks of 512, attention's
+    default there) and match blocks of 256 at T = 1,024 and 2,048; blocks of 64 cost 1.1-1.9x
+    at T = 128 and 256. Up to T = 128 the problem is one block (attention's plain path).
     """
-    if not causal:
-        return None
-    return 64 if max(tq, tk) <= 256 else 128
+    return 128 if causal else None
 
 
 def grouped_query_attention_forward(

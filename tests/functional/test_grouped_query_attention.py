@@ -115,11 +115,11 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("padding", [False, True])
 def test_causal_blocks_equal_multi_head_attention_on_repeated_heads(padding):
-    # T = 80 > 64: causal attention runs in blocks, skipping those in a query block's future
+    # T = 160 > 128: causal attention runs in blocks, skipping those in a query block's future
     rng = np.random.default_rng(3)
-    q = rng.standard_normal((2, 4, 80, 3))
-    k, v = rng.standard_normal((2, 2, 80, 3)), rng.standard_normal((2, 2, 80, 3))
-    mask = rng.random((2, 1, 1, 80)) < 0.8 if padding else None
+    q = rng.standard_normal((2, 4, 160, 3))
+    k, v = rng.standard_normal((2, 2, 160, 3)), rng.standard_normal((2, 2, 160, 3))
+    mask = rng.random((2, 1, 1, 160)) < 0.8 if padding else None
     out, cache = grouped_query_attention_forward(q, k, v, causal=True, mask=mask)
     ref, ref_cache = attention_forward(q, repeated(k, 2), repeated(v, 2), causal=True, mask=mask)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
@@ -127,8 +127,8 @@ def test_causal_blocks_equal_multi_head_attention_on_repeated_heads(padding):
     dq, dk, dv = grouped_query_attention_backward(dout, cache, out=out)
     rq, rk, rv, _ = attention_backward(dout, ref_cache)
     np.testing.assert_allclose(dq, rq, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dk, rk.reshape(2, 2, 2, 80, 3).sum(2), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dv, rv.reshape(2, 2, 2, 80, 3).sum(2), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dk, rk.reshape(2, 2, 2, 160, 3).sum(2), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dv, rv.reshape(2, 2, 2, 160, 3).sum(2), rtol=1e-10, atol=1e-12)
     if not padding:
         fast = grouped_query_attention_inference(q, k, v, causal=True)
         np.testing.assert_allclose(fast, out, rtol=1e-12, atol=1e-12)
