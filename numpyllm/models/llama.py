@@ -142,8 +142,8 @@ class LlamaConfig:
     @property
     def groups(self) -> int:
         """Query heads per key/value head, G = H / H_kv."""
-        n_kv_head: int = self.n_kv_head  # type: ignore[assignment]  # set by __post_init__
-        return self.n_head // n_kv_head
+        assert self.n_kv_head is not None, "__post_init__ sets n_kv_head"
+        return self.n_head // self.n_kv_head
 
 
 @lru_cache(maxsize=8)
@@ -160,7 +160,8 @@ class LlamaAttention(Module):
     def __init__(self, config: LlamaConfig, rng: np.random.Generator) -> None:
         super().__init__()
         d, dh, std, bias = config.d_model, config.head_dim, config.init_std, config.attention_bias
-        n_kv_head: int = config.n_kv_head  # type: ignore[assignment]  # set by __post_init__
+        assert config.n_kv_head is not None, "LlamaConfig.__post_init__ sets n_kv_head"
+        n_kv_head = config.n_kv_head
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, n_kv_head, dh
         self.q_proj = Linear(d, config.n_head * dh, bias=bias, rng=rng, std=std)
         self.k_proj = Linear(d, n_kv_head * dh, bias=bias, rng=rng, std=std)
@@ -230,7 +231,8 @@ class LlamaMLP(Module):
     def __init__(self, config: LlamaConfig, rng: np.random.Generator) -> None:
         super().__init__()
         d, std = config.d_model, config.init_std
-        f: int = config.d_ff  # type: ignore[assignment]  # set by __post_init__
+        assert config.d_ff is not None, "LlamaConfig.__post_init__ sets d_ff"
+        f = config.d_ff
         self.gate_proj = Linear(d, f, bias=False, rng=rng, std=std)
         self.up_proj = Linear(d, f, bias=False, rng=rng, std=std)
         self.down_proj = Linear(f, d, bias=False, rng=rng, std=std)

@@ -48,7 +48,8 @@ class LlamaDecoder(IncrementalDecoder):
         limit = config.max_seq_len
         if config.sliding_window is not None:  # beyond it, attention would be windowed
             limit = min(limit, config.sliding_window)
-        n_kv_head: int = config.n_kv_head  # type: ignore[assignment]  # set by __post_init__
+        assert config.n_kv_head is not None, "LlamaConfig.__post_init__ sets n_kv_head"
+        n_kv_head = config.n_kv_head
         super().__init__(
             model, batch, max_len, limit=limit,
             limit_text=f"{limit} (max_seq_len={config.max_seq_len}, "
