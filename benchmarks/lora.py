@@ -25,19 +25,18 @@ count): weights, gradients, optimizer state and the steps' arrays. Targets: LoRA
 <= 0.75x the full step, LoRA peak <= 0.6x the full peak, and numpyllm LoRA at least as fast
 as torch + peft.
 
-Measured (AMD EPYC Zen 4, 2 cores shared with other jobs; paired ratios, median (range)):
-    config, threads (load)  LoRA/full time     vs torch+peft      LoRA/full memory
-    gpt2, 1 (3.4-4.5)       0.68 (0.59-0.74)   1.14x (0.78-1.45)  0.39  (914 / 2358 MiB)
-    gpt2, 2 (3.4-4.4)       0.54 (0.50-0.62)   2.3x (1.8-3.6)     0.32  (900 / 2771 MiB)
-    small, 1 (4-5)          0.85 (0.70-0.90)   1.21x (0.90-1.49)  0.89
-    medium, 1 (4-5)         0.79 (0.67-0.87)   1.10x (1.03-1.50)  0.71
-    small, 2 (4-5)          0.78 (0.52-0.99)   5.2x (3.2-17)      0.87
-    medium, 2 (4-5)         0.73 (0.68-0.75)   2.8x (1.8-3.5)     0.71
+Measured (AMD EPYC Zen 4, 2 cores, quiet machine, 5 rounds; paired ratios, median (range)):
+    config, threads  LoRA/full time     vs torch+peft      LoRA/full memory
+    gpt2, 1          0.64 (0.56-0.66)   1.26x (1.08-1.35)  0.39  (916 / 2358 MiB)
+    gpt2, 2          0.54 (0.51-0.55)   1.33x (1.15-2.05)  0.33  (898 / 2720 MiB)
+    small, 1         0.79 (0.78-0.90)   1.17x (1.09-1.21)  0.89
+    medium, 1        0.77 (0.63-0.80)   1.09x (0.99-1.17)  0.71
+    small, 2         0.83 (0.80-0.85)   1.22x (1.17-1.23)  0.87
+    medium, 2        0.76 (0.76-0.90)   1.09x (0.92-1.12)  0.72
 
 gpt2 meets every target; small and medium, whose activations outweigh their weights, miss
-the memory target and (but for medium on two threads) the time one (docs/lora.md). With
-two threads on a loaded machine torch's spinning thread pool suffers most: the one-thread
-torch column is the fair one.
+the memory and time targets (docs/lora.md). On a loaded machine torch's spinning thread
+pool suffers most with two threads: there the one-thread torch column is the fair one.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ token occurs (a model that learnt anything about context beats it).
 With no arguments: a 1.1M-parameter GPT (--preset small) with a 2048-token BPE
 vocabulary learns Python's own help pages (the built-in corpus, ~465k characters),
 in 1,500 steps: from about a minute and a half to about five minutes on two CPU
-cores, depending on the CPU (AMD EPYC and Intel Xeon, measured).
+cores, depending on the CPU and how busy it is (measured on AMD EPYC and Intel Xeon).
 
 --model llama trains a Llama instead (rotary positions, RMSNorm, SwiGLU,
 grouped-query attention with --n-kv-head key/value heads, no dropout), same presets.
