@@ -43,10 +43,19 @@ def linear_backward(
     """
     x, weight, has_bias = cache
     g2 = dout.reshape(-1, dout.shape[-1])  # (N, d_out)
-    x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
     dx = (g2 @ weight.T).reshape(x.shape)  # (N, d_out) @ (d_out, d_in) -> (..., d_in)
+    return (dx, *linear_parameter_gradients(dout, x, need_weight, has_bias))
+
+
+def linear_parameter_gradients(
+    dout: np.ndarray, x: np.ndarray, need_weight: bool = True, has_bias: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(dW, db) = (x^T g, 1^T g) of ``linear_backward`` without dx, for a caller below which
+    nothing trains; None for a frozen W (``need_weight=False``) or no bias."""
+    g2 = dout.reshape(-1, dout.shape[-1])  # (N, d_out)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
     dweight = x2.T @ g2 if need_weight else None  # (d_in, N) @ (N, d_out) -> (d_in, d_out)
     # The column sums as a product with a ones vector: BLAS reads g once, with wide
     # accumulators (measured 1.2-2.3x faster than g.sum(axis=0), and more accurate).
     dbias = np.ones(len(g2), dtype=g2.dtype) @ g2 if has_bias else None  # (N,) @ (N, d_out)
-    return dx, dweight, dbias
+    return dweight, dbias

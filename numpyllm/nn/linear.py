@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from numpyllm.functional.embedding import embedding_backward, embedding_forward
-from numpyllm.functional.linear import linear_backward
+from numpyllm.functional.linear import linear_backward, linear_parameter_gradients
 from numpyllm.nn import init
 from numpyllm.nn.module import Module, forward_cache
 
@@ -115,11 +115,14 @@ class Linear(Module):
         """``backward_from_input`` for a caller that needs no dx (nothing below it trains):
         dW = x^T dout and db = sum of dout's rows for the parameters that require them, and
         the dx = dout W^T product (as costly as the forward's) is never formed."""
-        g2 = dout.reshape(-1, dout.shape[-1])  # (N, out)
-        if self.weight.requires_grad:
-            self.weight.grad += x.reshape(-1, x.shape[-1]).T @ g2  # (in, N) @ (N, out)
-        if self.bias is not None and self.bias.requires_grad:
-            self.bias.grad += np.ones(len(g2), dtype=g2.dtype) @ g2  # column sums, as above
+        weight, bias = self.weight, self.bias
+        dweight, dbias = linear_parameter_gradients(
+            dout, x, weight.requires_grad, bias is not None and bias.requires_grad
+        )
+        if dweight is not None:
+            weight.grad += dweight
+        if bias is not None and dbias is not None:
+            bias.grad += dbias
 
 
 class Embedding(Module):

@@ -60,6 +60,12 @@ class Module:
     def backward(self, *args: Any, **kwargs: Any) -> Any:  # usually (dout) -> dx
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
+    def release(self) -> None:
+        """Drop what the forward kept for a backward that will not run (nothing below this
+        module trains, and its own parameters are frozen)."""
+        if "_cache" in self.__dict__:
+            object.__setattr__(self, "_cache", None)
+
     def train(self, mode: bool = True) -> Module:
         for module in self.modules():
             object.__setattr__(module, "training", mode)

@@ -49,11 +49,6 @@ class LayerNorm(Module):
             bias.grad += dbias
         return dx
 
-    def release(self) -> None:
-        """Drop the forward's cache without a backward: nothing needs this norm's gradients
-        (its parameters are frozen and nothing below it trains)."""
-        self._cache = None
-
 
 class RMSNorm(Module):
     """T5's LayerNorm: divide by the root mean square of the last axis, then scale."""
@@ -95,7 +90,3 @@ class Dropout(Module):
         dx = dropout_backward(dout, self._cache)
         self._cache = None
         return dx
-
-    def release(self) -> None:
-        """Drop the forward's mask without a backward (nothing below this layer trains)."""
-        self._cache = None
