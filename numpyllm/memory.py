@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from numpyllm.functional.attention import DEFAULT_BLOCK_SIZE
+from numpyllm.functional.attention import DEFAULT_BLOCK_SIZE, causal_chunks
 
 MIB = 1 << 20
 
@@ -441,13 +441,16 @@ def _row(name: str, params: int, activations: float, temporaries: float, flops: 
     )
 
 
-def _attention_scores(rows: int, heads: int, tq: int, tk: int, bias: bool = False) -> int:
-    """Numbers in one attention call's score array: the whole (Tq, Tk) per row and head when
-    it fits in one block, else one (block x block) piece, for one head of one row at a time
-    (for all of them with a ``bias``, whose gradient keeps the heads together)
-    (``functional.attention``)."""
+def _attention_scores(
+    rows: int, heads: int, tq: int, tk: int, bias: bool = False, causal: bool = False
+) -> int:
+    """Numbers in one attention call's score array: per row and head, the (Tq, Tk) scores
+    when they fit in one block (causal: the largest chunk of query rows, with the keys it
+    sees), else one (block x block) piece, for one head of one row at a time (for all of
+    them with a ``bias``, whose gradient keeps the heads together) (``functional.attention``)."""
     if tq * tk <= DEFAULT_BLOCK_SIZE * DEFAULT_BLOCK_SIZE:
-        return rows * heads * tq * tk
+        chunks = causal_chunks(tq, tk, causal)
+        return rows * heads * max((r.stop - r.start) * (k.stop - k.start) for r, k in chunks)
     together = rows * heads if bias else 1
     return together * min(tq, DEFAULT_BLOCK_SIZE) * min(tk, DEFAULT_BLOCK_SIZE)
 
@@ -483,7 +486,7 @@ def _gpt_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> list
     blocks = BLOCKS_RECOMPUTE if recompute else BLOCKS
     elements = blocks.attention_elements
     attn_rows = min(rows_per_part, max(1, elements // (H * T * T)))
-    scores = 2 * _attention_scores(attn_rows, H, T, T) * s * threads
+    scores = 2 * _attention_scores(attn_rows, H, T, T, causal=True) * s * threads
     mlp = 3 * min(blocks.mlp_rows, rows_per_part * T) * f * s * threads
     cached = (6 + f / d + 2 * drop) * u + 3 * B * T * s * (H + 4)  # + row lse, norm stats
     kept = u if recompute else cached
@@ -615,7 +618,7 @@ def _llama_plan(model: Any, B: int, T: int, recompute: bool, threads: int) -> li
     d, H, V, f, G = cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.d_ff, cfg.groups
     u = B * T * d * s
     rows = math.ceil(B / threads)
-    scores = 2 * _attention_scores(rows, H, T, T) * s * threads
+    scores = 2 * _attention_scores(rows, H, T, T, causal=True) * s * threads
     cached = (8 + 2 / G) * u + 4 * B * T * f * s + B * T * H * s * 2
     kept = u if recompute else cached
     layers = [_row("embeddings", _module_params(model.model.embed_tokens), u, 2 * u, 0.0,

@@ -93,20 +93,6 @@ def _grouped_mask(
     return mask.reshape(*rest, *split, rows, cols)
 
 
-def _block_size(causal: bool, tq: int, tk: int) -> int | None:
-    """Queries and keys per block of causal attention (None: attention's default).
-
-    Blocks of a causal problem in a query block's future are skipped, so smaller blocks
-    skip more of the masked half (n blocks a side compute n (n + 1) / 2 of the n² score
-    blocks), while each block pays its own bookkeeping. Measured forward and backward, CPU
-    time on one thread of an AMD EPYC Zen 4 (d = 48, G = 2): blocks of 128 take 0.80-0.86x
-    the time of one whole block at T = 256, 0.80x at T = 1,024 (blocks of 512, attention's
-    default there) and match blocks of 256 at T = 1,024 and 2,048; blocks of 64 cost 1.1-1.9x
-    at T = 128 and 256. Up to T = 128 the problem is one block (attention's plain path).
-    """
-    return 128 if causal else None
-
-
 def grouped_query_attention_forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -130,9 +116,8 @@ def grouped_query_attention_forward(
     grouped = q.reshape(*lead, heads // groups, groups, tq, d)  # a view when q is C-ordered
     table = _grouped_mask(mask, tuple(lead), heads, groups, tq, tk)
     out, cache = attention_forward(
-        grouped, k[..., None, :, :], v[..., None, :, :], causal=causal, mask=table,
-        scale=scale, block_size=_block_size(causal, tq, tk),
-    )  # (..., Hkv, G, Tq, dv); k and v are (..., Hkv, 1, Tk, d) views  # fmt: skip
+        grouped, k[..., None, :, :], v[..., None, :, :], causal=causal, mask=table, scale=scale
+    )  # (..., Hkv, G, Tq, dv); k and v are (..., Hkv, 1, Tk, d) views
     return out.reshape(*lead, heads, tq, v.shape[-1]), (cache, q.shape)
 
 
@@ -162,8 +147,7 @@ def grouped_query_attention_inference(
     kv_heads = k.shape[-3]
     if causal and tq > 1:
         grouped = q.reshape(*lead, kv_heads, heads // kv_heads, tq, d)  # (..., Hkv, G, Tq, d)
-        out = attention_inference(grouped, k[..., None, :, :], v[..., None, :, :], causal=True,
-                                  block_size=_block_size(True, tq, k.shape[-2]))  # fmt: skip
+        out = attention_inference(grouped, k[..., None, :, :], v[..., None, :, :], causal=True)
     else:
         stacked = q.reshape(*lead, kv_heads, heads // kv_heads * tq, d)  # (..., Hkv, G·Tq, d)
         out = attention_inference(stacked, k, v)
