@@ -107,34 +107,9 @@ def attention_row_blocks(batch: int, elements: int, per_row: int) -> list[slice]
 
 
 def _use_block_sizes(model: Module, sizes: BlockSizes) -> None:
-    for module in _modules(model):
+    for module in model.modules():
         if isinstance(getattr(module, "blocks", None), BlockSizes):
             object.__setattr__(module, "blocks", sizes)
-
-
-# The walks below run a few times per pass, so they skip what Module.named_modules and
-# named_parameters spend on building names: the same modules and parameters, in the same
-# order.
-def _modules(root: Module) -> list[Module]:
-    """``root`` and every module below it, parents before children."""
-    found, stack = [], [root]
-    while stack:
-        module = stack.pop()
-        found.append(module)
-        stack.extend(reversed(module._modules.values()))
-    return found
-
-
-def _parameters(root: Module) -> list[Parameter]:
-    """Every parameter of ``root``'s tree, a shared one once: ``root.parameters()``."""
-    seen: set[int] = set()
-    found = []
-    for module in _modules(root):
-        for p in module._parameters.values():
-            if id(p) not in seen:
-                seen.add(id(p))
-                found.append(p)
-    return found
 
 
 # ---- the model's side of the contract -------------------------------------------------------
@@ -304,7 +279,7 @@ def _run_part(
 def _generators(block: Module) -> list[np.random.Generator]:
     """The dropout Generators inside ``block``, each once."""
     found: dict[int, np.random.Generator] = {}
-    for module in _modules(block):
+    for module in block.modules():
         rng = vars(module).get("rng")
         if isinstance(rng, np.random.Generator):
             found.setdefault(id(rng), rng)
@@ -319,7 +294,7 @@ def _saving_forward(block: Module) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         states = [g.bit_generator.state for g in _generators(block)]
         out = forward(*args, **kwargs)
-        for module in _modules(block):
+        for module in block.modules():
             if "_cache" in vars(module):
                 object.__setattr__(module, "_cache", None)
         object.__setattr__(block, "_recompute", (args, kwargs, states))
@@ -340,7 +315,7 @@ def _rebuild(block: Module) -> None:
     now = [g.bit_generator.state for g in generators]
     for g, state in zip(generators, states):
         g.bit_generator.state = state
-    whole = any(getattr(module, "draws_in_forward", False) for module in _modules(block))
+    whole = any(getattr(module, "draws_in_forward", False) for module in block.modules())
     (block.forward if whole else getattr(block, "rebuild_caches", block.forward))(*args, **kwargs)
     for g, state in zip(generators, now):
         g.bit_generator.state = state
@@ -393,11 +368,11 @@ def _backward_in_parts(model: Model, split: _Split, dlogits: np.ndarray | None) 
 
     # What is not in a block (embeddings, final norm, heads): a replica's gradients for it
     # live through its whole backward and are added at the end.
-    in_blocks = {id(p) for block in blocks[0] for p in _parameters(block)}
-    params = _parameters(model)
+    in_blocks = {id(p) for block in blocks[0] for p in block.parameters()}
+    params = model.parameters()
     rest = [i for i, p in enumerate(params) if id(p) not in in_blocks]
     main_rest = _pick(params, rest)
-    replica_rest = [_pick(_parameters(m), rest) for m in models[1:]]
+    replica_rest = [_pick(m.parameters(), rest) for m in models[1:]]
     for replica_params in replica_rest:
         for p in replica_params:
             if p.requires_grad:
@@ -414,7 +389,7 @@ def _backward_in_parts(model: Model, split: _Split, dlogits: np.ndarray | None) 
         if r > 0:
             handed[r - 1][i].wait()
             if failed:
-                for p in _parameters(blocks[r][i]):
+                for p in blocks[r][i].parameters():
                     free_gradient(p)
             else:
                 add_replica_gradients(blocks[0][i], blocks[r][i])
@@ -445,7 +420,7 @@ def _backward_in_parts(model: Model, split: _Split, dlogits: np.ndarray | None) 
         run_parts([part(r) for r in range(len(models))])
     except BaseException:
         for replica in models[1:]:  # a failed backward leaves no gradient in a replica
-            for q in _parameters(replica):
+            for q in replica.parameters():
                 free_gradient(q)
         raise
     for replica_params in replica_rest:
@@ -469,16 +444,16 @@ class _Reporter:
     def block(self, i: int) -> None:
         self.done.add(i)
         if self.hook is not None:
-            self.hook(_parameters(self.blocks[i]))
+            self.hook(self.blocks[i].parameters())
 
     def rest(self, blocks: list[Module]) -> None:
         if self.hook is None:
             return
         for i, block in enumerate(blocks):  # blocks this backward did not go through
             if i not in self.done:
-                self.hook(_parameters(block))
-        in_blocks = {id(p) for block in blocks for p in _parameters(block)}
-        self.hook([p for p in _parameters(self.model) if id(p) not in in_blocks])
+                self.hook(block.parameters())
+        in_blocks = {id(p) for block in blocks for p in block.parameters()}
+        self.hook([p for p in self.model.parameters() if id(p) not in in_blocks])
 
 
 def _pick(items: list[Any], indices: list[int]) -> list[Any]:

@@ -80,9 +80,16 @@ class Module:
         for name, module in self._modules.items():
             yield from module.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def modules(self) -> Iterator[Module]:
-        for _, module in self.named_modules():
-            yield module
+    def modules(self) -> list[Module]:
+        """This module and every module below it, parents before children: the order of
+        ``named_modules``, without building the names (training walks the tree a few
+        times a step)."""
+        found, stack = [], [self]
+        while stack:
+            module = stack.pop()
+            found.append(module)
+            stack.extend(reversed(module._modules.values()))
+        return found
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         """Dotted names and parameters; a parameter shared by two modules is listed once,
@@ -96,7 +103,15 @@ class Module:
                 yield (f"{module_name}.{name}" if module_name else name), param
 
     def parameters(self) -> list[Parameter]:
-        return [p for _, p in self.named_parameters()]
+        """The parameters of ``named_parameters``, in its order, a shared one once."""
+        seen: set[int] = set()
+        found = []
+        for module in self.modules():
+            for p in module._parameters.values():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    found.append(p)
+        return found
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
