@@ -68,24 +68,33 @@ def _causal(problem: dict) -> dict:
     return {**problem, "causal": True}
 
 
+def _assert_same_attention(problem: dict, settings: dict, with_out: bool, seed: int) -> None:
+    """Each entry of ``settings``, name -> (block size, chunks, least rows per chunk), gives
+    the same outputs and gradients as the first, to float64 rounding."""
+    results = []
+    for size, n, r in settings.values():
+        with _chunking(n, r):
+            out, cache = attention_forward(**problem, block_size=size)
+            dout = np.random.default_rng(seed).standard_normal(out.shape)
+            grads = attention_backward(dout, cache, out=out if with_out else None)
+        results.append((out, *grads))
+    reference, *others = results
+    for got in others:
+        for name, ref, value in zip(("out", "dq", "dk", "dv", "dbias"), reference, got):
+            if ref is None:
+                assert value is None, name
+                continue
+            assert value.shape == ref.shape, name
+            np.testing.assert_allclose(value, ref, rtol=1e-10, atol=1e-11, err_msg=name)
+
+
 @given(attention_problems(max_t=9).map(_causal), st.integers(2, 4), st.integers(1, 3),
        st.booleans(), st.integers(0, 2**32 - 1))  # fmt: skip
 def test_chunked_equals_one_chunk(problem, chunks, rows, with_out, seed):
     """Any chunking, with masks, biases, broadcast heads and Tq != Tk (end-aligned), gives
     the one-chunk outputs and gradients to float64 rounding."""
-    results = {}
-    for name, (n, r) in {"one": (1, 1), "chunked": (chunks, rows)}.items():
-        with _chunking(n, r):
-            out, cache = attention_forward(**problem, block_size=10**6)
-            dout = np.random.default_rng(seed).standard_normal(out.shape)
-            grads = attention_backward(dout, cache, out=out if with_out else None)
-        results[name] = (out, *grads)
-    for name, one, chunked in zip(("out", "dq", "dk", "dv", "dbias"), *results.values()):
-        if one is None:
-            assert chunked is None, name
-            continue
-        assert chunked.shape == one.shape, name
-        np.testing.assert_allclose(chunked, one, rtol=1e-12, atol=1e-12, err_msg=name)
+    settings = {"one": (10**6, 1, 1), "chunked": (10**6, chunks, rows)}
+    _assert_same_attention(problem, settings, with_out, seed)
 
 
 @pytest.mark.parametrize("tq, tk", [(256, 256), (200, 256), (256, 300)])
@@ -117,18 +126,8 @@ def test_blocked_attention_chunks_its_diagonal_blocks_and_equals_one_block(
 ):
     """Blocked attention takes a key block the causal rule cuts through in chunks of its
     rows too (``_key_blocks``): the same outputs and gradients as one unchunked block."""
-    results = {}
-    for name, (size, n, r) in {"one": (10**6, 1, 1), "blocked": (block_size, chunks, rows)}.items():
-        with _chunking(n, r):
-            out, cache = attention_forward(**problem, block_size=size)
-            dout = np.random.default_rng(seed).standard_normal(out.shape)
-            grads = attention_backward(dout, cache, out=out if with_out else None)
-        results[name] = (out, *grads)
-    for name, one, blocked in zip(("out", "dq", "dk", "dv", "dbias"), *results.values()):
-        if one is None:
-            assert blocked is None, name
-            continue
-        np.testing.assert_allclose(blocked, one, rtol=1e-10, atol=1e-11, err_msg=name)
+    settings = {"one": (10**6, 1, 1), "blocked": (block_size, chunks, rows)}
+    _assert_same_attention(problem, settings, with_out, seed)
 
 
 def test_blocked_attention_at_full_size_computes_less_than_whole_diagonal_blocks():
