@@ -72,10 +72,23 @@ def end_job(message: str, code: int) -> None:
     except ImportError:  # no MPI in this venv: nothing can be waiting in it
         return
 
-    stderr = sys.__stderr__ or sys.stderr  # the real one: the command quiets other ranks'
-    rank, size = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-    print(f"numpyllm: rank {rank} of {size}: {message}", file=stderr, flush=True)
-    MPI.COMM_WORLD.Abort(code)
+    _say_and_abort(MPI.COMM_WORLD, message, code)
+
+
+# How long a rank that ends the job waits between printing why and aborting. mpiexec's proxy
+# relays each rank's stderr; the abort kills the proxy too, and a message still in its pipe
+# is lost (seen under load: the job ended with the right status and an empty stderr).
+ABORT_GRACE_SECONDS = 0.5
+
+
+def _say_and_abort(comm: Any, message: str, code: int) -> None:
+    """Print ``message`` naming this rank on the real stderr (the command quiets other
+    ranks' ``sys.stderr``), give the launcher time to relay it, then end every rank."""
+    stderr = sys.__stderr__ or sys.stderr
+    print(f"numpyllm: rank {comm.Get_rank()} of {comm.Get_size()}: {message}", file=stderr,
+          flush=True)  # fmt: skip
+    time.sleep(ABORT_GRACE_SECONDS)
+    comm.Abort(code)
 
 
 class DivergedError(RuntimeError):
@@ -170,9 +183,7 @@ class MPIWorld(SingleProcess):
     def abort(self, message: str, code: int = 1) -> None:
         """Print ``message`` naming this rank, then end every rank of the job: an error on
         one rank must not leave the others waiting in a collective for ever."""
-        stderr = sys.__stderr__ or sys.stderr  # the real one: the command quiets other ranks'
-        print(f"numpyllm: rank {self.rank} of {self.size}: {message}", file=stderr, flush=True)
-        self.comm.Abort(code)
+        _say_and_abort(self.comm, message, code)
 
 
 World = SingleProcess  # the type every world has (MPIWorld is a SingleProcess too)
