@@ -177,6 +177,28 @@ def test_logits_loss_and_gradients_match(precision, case):
     assert_causal_loss_and_grads(out, ref.logits, labels, ours, theirs, entries, precision)
 
 
+@pytest.mark.parametrize("seq_len", [300, 600])
+def test_long_sequences_through_causal_chunks_and_blocks_match(seq_len):
+    """Sequences long enough that causal attention runs in chunks of query rows (T = 300)
+    and in blocks with chunked diagonal blocks (T = 600, more than one default block of at
+    most 512): float64 logits, loss and every gradient equal transformers' (sdpa: its eager
+    attention takes the softmax in float32)."""
+    cfg = dict(vocab_size=11, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=seq_len,
+               rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False)  # fmt: skip
+    ids = np.random.default_rng(seq_len).integers(0, cfg["vocab_size"], (2, seq_len))
+    mask = np.ones_like(ids)
+    theirs = make_torch_llama("llama", cfg, seed=3, dtype=FLOAT64.torch_dtype, attention="sdpa")
+    ours = converted(theirs, FLOAT64.np_dtype)
+    labels = language_model_labels(ids, mask)
+    out = ours(ids, labels=labels)
+    with float64_reference(True):
+        ref = theirs(input_ids=torch.from_numpy(ids))
+    assert_close(out.logits, to_numpy(ref.logits), FLOAT64.logits_atol, "logits")
+    entries = hf_llama.tensor_map(ours.config)
+    assert_causal_loss_and_grads(out, ref.logits, labels, ours, theirs, entries, FLOAT64)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @settings(max_examples=3)
 @given(case=llama_cases(max_batch=2, padded=False), new_tokens=st.integers(1, 6))
