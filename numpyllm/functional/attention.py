@@ -637,17 +637,21 @@ def _key_blocks(
 def _scratch_block(
     scratch: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...], dtype: np.dtype
 ) -> np.ndarray:
-    """An uninitialised array of ``shape`` kept in ``scratch``: the same one for every block
-    of that shape, since a fresh block-sized array costs its page faults on every block.
+    """An uninitialised (..., rows, cols) array of ``shape``, a view of one buffer kept in
+    ``scratch`` for every block with those leading axes: a fresh block-sized array costs its
+    page faults on every block, and the smaller chunks of a diagonal block fit in the
+    buffer of a whole one (made larger if a block ever needs it).
 
     Its rows are padded to a length that is not a power of two: rows of 256 or 512 floats
     put a matmul's output columns in the same few cache sets (measured: the score matmul
     into such rows took 1.1-7x as long as into padded ones, varying with the addresses)."""
-    block = scratch.get(shape)
-    if block is None:
-        rows = np.empty((*shape[:-1], shape[-1] + 16), dtype=dtype)  # +64 bytes a row
-        block = scratch[shape] = rows[..., : shape[-1]]
-    return block
+    *lead, rows, cols = shape
+    buffer = scratch.get(tuple(lead))
+    if buffer is None or buffer.shape[-2] < rows or buffer.shape[-1] - 16 < cols:
+        have = (0, 16) if buffer is None else buffer.shape[-2:]
+        size = (max(rows, have[0]), max(cols, have[1] - 16) + 16)  # +64 bytes a row
+        buffer = scratch[tuple(lead)] = np.empty((*lead, *size), dtype=dtype)
+    return buffer[..., :rows, :cols]
 
 
 def _block_scores(
