@@ -298,15 +298,9 @@ def attention_forward(
         cache: tuple = (q, k, v, row_lse, scale, bias, None, scores_shape, causal, mask, block)
         return out, cache
     table = _additive_mask(causal, mask, tq, tk, dtype)
-    out = np.empty((*scores_shape[:-1], v.shape[-1]), dtype=dtype)  # (..., Tq, dv)
-    row_max = np.empty((*scores_shape[:-1], 1), dtype=dtype)
-    row_sum = np.empty_like(row_max)
-    for rows, keys in causal_chunks(tq, tk, causal):
-        scores = _masked_scores(q[..., rows, :], k[..., keys, :], scale, _piece(bias, rows, keys),
-                                _piece(table, rows, keys),
-                                _chunk_shape(scores_shape, rows, keys))  # fmt: skip
-        _unnormalised_attention(scores, v[..., keys, :], out[..., rows, :],
-                                row_max[..., rows, :], row_sum[..., rows, :])  # fmt: skip
+    row_max = np.empty((*scores_shape[:-1], 1), dtype=dtype)  # (..., Tq, 1)
+    out, row_sum = _unnormalised_attention(q, k, v, scale, bias, table, scores_shape, causal,
+                                           row_max)  # fmt: skip
     empty = row_sum == 0  # fully masked rows (any other row sums to >= 1)
     # log-sum-exp per row for the backward; +inf for a fully masked row so exp(S - L) = 0 there
     with np.errstate(divide="ignore"):
@@ -452,40 +446,46 @@ def attention_inference(
     tq, tk = q.shape[-2], k.shape[-2]
     table = _causal_additive_mask(tq, tk, q.dtype) if causal else None
     shape = (*np.broadcast_shapes(q.shape[:-2], k.shape[:-2]), tq, tk)
-    out = np.empty((*shape[:-1], v.shape[-1]), dtype=q.dtype)  # (..., Tq, dv)
-    row_sum = np.empty((*shape[:-1], 1), dtype=q.dtype)
-    for rows, keys in causal_chunks(tq, tk, causal and tq > 1):
-        scores = _masked_scores(q[..., rows, :], k[..., keys, :], scale, None,
-                                None if table is None else table[rows, keys])  # fmt: skip
-        _unnormalised_attention(scores, v[..., keys, :], out[..., rows, :], None,
-                                row_sum[..., rows, :])  # fmt: skip
+    out, row_sum = _unnormalised_attention(q, k, v, scale, None, table, shape,
+                                           causal and tq > 1)  # fmt: skip
     out /= row_sum
     return out
 
 
 def _unnormalised_attention(
-    scores: np.ndarray,
+    q: np.ndarray,
+    k: np.ndarray,
     v: np.ndarray,
-    out: np.ndarray,
-    row_max: np.ndarray | None,
-    row_sum: np.ndarray,
-) -> None:
-    """E V with E = exp(S - rowmax(S)) computed in place in ``scores``, written into ``out``,
-    with the row maxima (when ``row_max`` is given) and the row sums of E (out = E V /
-    rowsum(E), left to the caller).
-
-    Normalising after the matmul scales (Tq, dv), not E's (Tq, Tk).
+    scale: float,
+    bias: np.ndarray | None,
+    table: np.ndarray | None,
+    scores_shape: tuple[int, ...],
+    causal: bool,
+    row_max: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(E V, rowsum(E)) with E = exp(S - rowmax(S)), S the masked scores of
+    ``_masked_scores``, over the query rows in ``causal_chunks`` (each chunk's S made and
+    exponentiated in place, one chunk at a time); the row maxima go into ``row_max``
+    (..., Tq, 1) when given. out = E V / rowsum(E) is left to the caller: normalising after
+    the matmul scales (Tq, dv), not E's (Tq, Tk).
     """
-    # Stable softmax in place. `initial` makes an empty key axis legal and is
-    # also much faster than a plain max.
-    shift = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1)
-    shift[shift == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
-    np.subtract(scores, shift, out=scores)
-    np.exp(scores, out=scores)
-    np.einsum("...j->...", scores, out=row_sum[..., 0])  # 4x a short-row .sum
-    np.matmul(scores, v, out=out)  # (..., Tq, Tk) @ (..., Tk, dv) -> (..., Tq, dv)
-    if row_max is not None:
-        row_max[...] = shift
+    *lead, tq, tk = scores_shape
+    out = np.empty((*lead, tq, v.shape[-1]), dtype=q.dtype)  # (..., Tq, dv)
+    row_sum = np.empty((*lead, tq, 1), dtype=q.dtype)
+    for rows, keys in causal_chunks(tq, tk, causal):
+        scores = _masked_scores(q[..., rows, :], k[..., keys, :], scale, _piece(bias, rows, keys),
+                                _piece(table, rows, keys),
+                                _chunk_shape(scores_shape, rows, keys))  # fmt: skip
+        # Stable softmax in place. `initial` makes an empty key axis legal and is also much
+        # faster than a plain max.
+        shift = scores.max(axis=-1, keepdims=True, initial=-np.inf,
+                           out=None if row_max is None else row_max[..., rows, :])  # fmt: skip
+        shift[shift == -np.inf] = 0.0  # fully masked row: exp(-inf - 0) = 0, not exp(nan)
+        np.subtract(scores, shift, out=scores)
+        np.exp(scores, out=scores)
+        np.einsum("...j->...", scores, out=row_sum[..., rows, 0])  # 4x a short-row .sum
+        np.matmul(scores, v[..., keys, :], out=out[..., rows, :])  # E V, (rows, dv)
+    return out, row_sum
 
 
 def _masked_scores(
@@ -647,10 +647,10 @@ def _scratch_block(
     into such rows took 1.1-7x as long as into padded ones, varying with the addresses)."""
     *lead, rows, cols = shape
     buffer = scratch.get(tuple(lead))
-    if buffer is None or buffer.shape[-2] < rows or buffer.shape[-1] - 16 < cols:
-        have = (0, 16) if buffer is None else buffer.shape[-2:]
-        size = (max(rows, have[0]), max(cols, have[1] - 16) + 16)  # +64 bytes a row
-        buffer = scratch[tuple(lead)] = np.empty((*lead, *size), dtype=dtype)
+    held_rows, held_cols = (0, 0) if buffer is None else (buffer.shape[-2], buffer.shape[-1] - 16)
+    if buffer is None or rows > held_rows or cols > held_cols:
+        padded = (max(rows, held_rows), max(cols, held_cols) + 16)  # +64 bytes a row
+        buffer = scratch[tuple(lead)] = np.empty((*lead, *padded), dtype=dtype)
     return buffer[..., :rows, :cols]
 
 
