@@ -17,6 +17,7 @@ for Φ instead (see :func:`_normal_cdf_fast`). Inputs are assumed finite.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -245,6 +246,15 @@ def _chunks(n: int) -> list[slice]:
     return [slice(start, start + CHUNK_ELEMENTS) for start in range(0, n, CHUNK_ELEMENTS)]
 
 
+def _over_chunks(body: Callable[[slice], None], n: int) -> None:
+    """``body(c)`` for every chunk c of 0 .. n, spread over the cores an unsplit pass may
+    use (``numpyllm.nn.parallel.on_cores``): chunks are independent, each writing its own
+    slice of the outputs, so the result is the same on any number of threads."""
+    from numpyllm.nn.parallel import on_cores  # here: numpyllm.nn imports this module
+
+    on_cores(body, _chunks(n), elements=n)
+
+
 def _flat_backward_views(
     x: np.ndarray, dout: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -276,10 +286,13 @@ def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
     y = np.empty(x.shape, dtype=x.dtype)
     phi = np.empty(x.shape, dtype=x.dtype)
     y_flat, phi_flat = y.reshape(-1), phi.reshape(-1)
-    for c in _chunks(flat.size):
+
+    def chunk(c: slice) -> None:
         phi_c, _ = _normal_cdf_fast(flat[c])
         phi_flat[c] = phi_c
         np.multiply(flat[c], phi_c, out=y_flat[c])
+
+    _over_chunks(chunk, flat.size)
     return y.reshape(shape), (x, phi)
 
 
@@ -293,7 +306,8 @@ def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     shape = np.shape(dout)
     flat, g_flat, dx, dx_flat = _flat_backward_views(x, dout)
     phi_flat = phi.reshape(-1)
-    for c in _chunks(flat.size):
+
+    def chunk(c: slice) -> None:
         xc, d = flat[c], dx_flat[c]
         np.square(xc, out=d)
         d *= -0.5
@@ -302,6 +316,8 @@ def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
         d *= _INV_SQRT_2PI  # x φ(x)
         d += phi_flat[c]
         d *= g_flat[c]
+
+    _over_chunks(chunk, flat.size)
     return dx.reshape(shape)
 
 
@@ -324,7 +340,8 @@ def gelu_tanh_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
     y = np.empty(x.shape, dtype=x.dtype)
     p = np.empty(x.shape, dtype=x.dtype)
     y_flat, p_flat = y.reshape(-1), p.reshape(-1)
-    for c in _chunks(flat.size):
+
+    def chunk(c: slice) -> None:
         xc, pc = flat[c], p_flat[c]
         np.square(xc, out=pc)
         pc *= _GELU_C * _GELU_K
@@ -334,6 +351,8 @@ def gelu_tanh_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
         pc *= 0.5
         pc += 0.5  # p = (1 + t) / 2
         np.multiply(xc, pc, out=y_flat[c])
+
+    _over_chunks(chunk, flat.size)
     return y.reshape(shape), (x, p)
 
 
@@ -346,16 +365,16 @@ def gelu_tanh_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
 
         dy/dx = p + p (1 - p) · x · (2c + 6ck x^2).
 
-    Eight elementwise passes, chunk by chunk as the forward, with one chunk of scratch.
+    Eight elementwise passes, chunk by chunk as the forward, with a chunk of scratch.
     """
     x, p = cache
     shape = np.shape(dout)
     flat, g_flat, dx, dx_flat = _flat_backward_views(x, dout)
     p_flat = p.reshape(-1)
-    scratch = np.empty(min(CHUNK_ELEMENTS, flat.size), dtype=x.dtype)
-    for c in _chunks(flat.size):
+
+    def chunk(c: slice) -> None:
         xc, pc, d = flat[c], p_flat[c], dx_flat[c]
-        q = scratch[: len(xc)]
+        q = np.empty_like(xc)  # per chunk: the chunks may run on several threads at once
         np.square(xc, out=d)
         d *= 6.0 * _GELU_C * _GELU_K
         d += 2.0 * _GELU_C
@@ -365,4 +384,6 @@ def gelu_tanh_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
         d *= q
         d += pc
         d *= g_flat[c]
+
+    _over_chunks(chunk, flat.size)
     return dx.reshape(shape)

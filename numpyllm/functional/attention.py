@@ -52,10 +52,9 @@ than ``_LAZY_RESCALE`` above it, which after a row's first block is rare.
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Callable, Iterator
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import overload
 
 import numpy as np
@@ -547,8 +546,8 @@ def _on_cores(
     the parts). Kept whole in each part: an axis along which q, k or v is broadcast (a key
     shared by a group of query heads) or the mask is not.
     """
-    from numpyllm.nn.blas import blas_threads, current_threads
-    from numpyllm.nn.parallel import available_cores, run_parts
+    from numpyllm.nn.blas import current_threads
+    from numpyllm.nn.parallel import on_cores
 
     lead = scores_shape[:-2]
     threads = current_threads()
@@ -568,27 +567,8 @@ def _on_cores(
               for i in range(len(lead)))
         for index in np.ndindex(*(lead[i] for i in axes))
     ]  # fmt: skip
-    n = min(threads, available_cores(), len(parts))
-    if n < 2:
-        for part in parts:
-            run(part)
-        return None
-    queue = collections.deque(parts)
-    with blas_threads(1):
-        run_parts([partial(_run_from, run, queue)] * n)
+    on_cores(run, parts)
     return None
-
-
-def _run_from(run: Callable[[tuple], None], queue: collections.deque) -> None:
-    """``run`` each part taken from ``queue`` until it is empty. Threads take parts as they
-    become free rather than a fixed share each: on a busy machine one core may lose whole
-    scheduler slices, and a fixed share would leave the other idle at the end."""
-    while True:
-        try:
-            part = queue.popleft()  # atomic: no two threads get the same part
-        except IndexError:
-            return
-        run(part)
 
 
 @overload

@@ -8,6 +8,8 @@ and returns the gradient w.r.t. the logits or prediction, in their dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from numpyllm.functional.activations import sigmoid_forward
@@ -33,6 +35,26 @@ def _same_shape_target(pred: np.ndarray, target: np.ndarray, op: str) -> np.ndar
 
 
 # -------------------------------------------------------------------- cross-entropy
+
+# Cross-entropy runs over blocks of whole rows of about this many logits: the passes over
+# one block (max, shift, exp, sum; the backward's scaling) then find it in a core's L2
+# cache, and an unsplit pass spreads the blocks over its cores.
+ROW_BLOCK_ELEMENTS = 1 << 18
+
+
+def _over_row_blocks(run: Callable[[slice], None], rows: int, width: int) -> None:
+    """``run(block)`` for the blocks of whole rows of an (rows, width) array, in turn or over
+    the cores (``numpyllm.nn.parallel.on_cores``). Each block writes only its own rows, so
+    the result is the same on any number of threads."""
+    step = max(1, ROW_BLOCK_ELEMENTS // max(width, 1))
+    blocks = [slice(start, start + step) for start in range(0, rows, step)]
+    if len(blocks) <= 1:  # no thread hand-off to pay
+        run(slice(0, rows))
+        return
+    from numpyllm.nn.parallel import on_cores  # here: numpyllm.nn imports this module
+
+    on_cores(run, blocks, elements=rows * width)
+
 
 
 def cross_entropy_forward(
@@ -73,13 +95,20 @@ def cross_entropy_forward(
             f"(expected 0..{vocab - 1}, or ignore_index={ignore_index})"
         )
     n_valid = int(valid.sum())
-    rows = np.arange(len(t))
     safe_t = np.where(valid, t, 0)  # (N,) any in-range class for ignored rows
 
-    e = z - z.max(axis=1, keepdims=True, initial=-np.inf)  # (N, V) shifted logits, <= 0
-    target_logit = e[rows, safe_t]  # (N,) z_pt - m_p
-    np.exp(e, out=e)
-    sums = e.sum(axis=1)  # (N,) each >= 1 (pairwise summation: accurate for large V)
+    e = np.empty(z.shape, dtype=z.dtype)  # (N, V): the shifted logits, then their exp
+    target_logit = np.empty(len(z), dtype=z.dtype)  # (N,) z_pt - m_p
+    sums = np.empty(len(z), dtype=z.dtype)
+
+    def block(rows: slice) -> None:
+        eb = np.subtract(z[rows], z[rows].max(axis=1, keepdims=True, initial=-np.inf),
+                         out=e[rows])  # fmt: skip  # <= 0
+        target_logit[rows] = eb[np.arange(len(eb)), safe_t[rows]]  # read before the exp
+        np.exp(eb, out=eb)
+        sums[rows] = eb.sum(axis=1)  # each >= 1 (pairwise summation: accurate for large V)
+
+    _over_row_blocks(block, len(z), vocab)
     nll = np.log(sums) - target_logit  # (N,)
     total = np.sum(nll[valid], dtype=np.float64)
     loss = total / n_valid if n_valid else 0.0
@@ -100,7 +129,12 @@ def cross_entropy_backward(
     e, sums, safe_t, valid, n_valid, shape = cache
     scale = float(dloss) / max(n_valid, 1)  # every row ignored: row_scale is 0, dlogits 0
     row_scale = ((valid * scale) / sums).astype(e.dtype, copy=False)  # (N,), 0 for ignored
-    dlogits = np.multiply(e, row_scale[:, None], out=e if overwrite else None)  # (N, V)
+    dlogits = e if overwrite else np.empty(e.shape, dtype=e.dtype)  # (N, V)
+
+    def block(rows: slice) -> None:
+        np.multiply(e[rows], row_scale[rows, None], out=dlogits[rows])
+
+    _over_row_blocks(block, len(e), e.shape[-1])
     dlogits[np.flatnonzero(valid), safe_t[valid]] -= scale
     return dlogits.reshape(shape)
 

@@ -22,7 +22,12 @@ backward changes with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 
 def _check_float(x: np.ndarray, op: str) -> np.ndarray:
@@ -97,6 +102,16 @@ def _row_blocks(a: np.ndarray, out: np.ndarray) -> list[tuple[np.ndarray, np.nda
     return [(a2[i : i + step], out2[i : i + step]) for i in range(0, rows, step)] or [(a, out)]
 
 
+def _over_cores(run: Callable[[T], None], blocks: list[T], elements: int) -> None:
+    """``run(block)`` for every block, spread over the cores an unsplit pass may use
+    (``numpyllm.nn.parallel.on_cores``): the blocks are whole rows, independent, each
+    written into its own view of the output, so the result is the same on any number of
+    threads."""
+    from numpyllm.nn.parallel import on_cores  # here: numpyllm.nn imports this module
+
+    on_cores(run, blocks, elements=elements)
+
+
 def softmax_forward(
     x: np.ndarray, axis: int = -1, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple]:
@@ -111,11 +126,15 @@ def softmax_forward(
     y = z if fresh else np.empty(z.shape, dtype=z.dtype)
     last = axis in (-1, z.ndim - 1)
     axis = -1 if last else axis  # blocks are (rows, n): the last axis keeps its meaning
-    for zb, yb in _row_blocks(z, y) if last else [(z, y)]:
+
+    def block(pair: tuple[np.ndarray, np.ndarray]) -> None:
+        zb, yb = pair
         m = _row_max(zb, axis)
         np.subtract(zb, m, out=yb)  # (..., n) - (..., 1)
         np.exp(yb, out=yb)
         yb *= 1.0 / _row_sum(yb, axis)
+
+    _over_cores(block, _row_blocks(z, y) if last else [(z, y)], y.size)
     return y, (y, axis)
 
 
@@ -144,9 +163,13 @@ def softmax_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     last = axis in (-1, y.ndim - 1)
     axis = -1 if last else axis
     blocks = zip(_row_blocks(dout, dx), _row_blocks(y, y)) if last else [((dout, dx), (y, y))]
-    for (gb, dxb), (yb, _) in blocks:
+
+    def block(pairs: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+        (gb, dxb), (yb, _) = pairs
         np.subtract(gb, _row_dot(gb, yb, axis), out=dxb)
         dxb *= yb
+
+    _over_cores(block, list(blocks), dx.size)
     return dx
 
 

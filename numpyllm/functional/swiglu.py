@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from numpyllm.functional.activations import CHUNK_ELEMENTS, _chunks
+from numpyllm.functional.activations import _over_chunks
 
 
 def silu_forward(g: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -65,8 +65,8 @@ def swiglu_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(dgate, dup) for h = silu(gate) ⊙ up (derivation in the module docstring).
 
-    Eight passes, chunk by chunk (``CHUNK_ELEMENTS``, as the GELUs) with one chunk of
-    scratch. ``overwrite``: the cache and dout are spent (a model's backward, which drops
+    Eight passes, chunk by chunk (as the GELUs, and over the cores as they are) with a
+    chunk of scratch. ``overwrite``: the cache and dout are spent (a model's backward, which drops
     both), so dup is written into σ's memory and dgate into dout's (a C-ordered array of
     gate's dtype), and no (..., d_ff) array is allocated: fresh arrays of that size cost
     their page faults on first touch.
@@ -80,10 +80,10 @@ def swiglu_backward(
     dup = sig if spend else np.empty_like(gate, order="C")
     g_flat, u_flat, s_flat = gate.reshape(-1), up.reshape(-1), sig.reshape(-1)
     d_flat, dg_flat, du_flat = dout.reshape(-1), dgate.reshape(-1), dup.reshape(-1)
-    scratch = np.empty(min(CHUNK_ELEMENTS, g_flat.size), dtype=gate.dtype)
-    for c in _chunks(g_flat.size):
+
+    def chunk(c: slice) -> None:
         g, s, d = g_flat[c], s_flat[c], d_flat[c]
-        t = scratch[: len(g)]
+        t = np.empty_like(g)  # per chunk: the chunks may run on several threads at once
         np.subtract(1.0, s, out=t)  # silu'(g) = σ (1 + g (1 - σ)), read before σ's memory
         t *= g  # is reused for dup
         t += 1.0
@@ -92,6 +92,8 @@ def swiglu_backward(
         np.multiply(g, s, out=du_flat[c])  # silu(g)
         du_flat[c] *= d
         np.multiply(d, t, out=dg_flat[c])
+
+    _over_chunks(chunk, g_flat.size)
     return dgate, dup
 
 

@@ -18,12 +18,14 @@ parameter gradient is the sum of the parts' gradients.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import copy
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -90,6 +92,55 @@ def run_parts(tasks: list[Callable[[], Any]]) -> list[Any]:
     if error is not None:
         raise error
     return results
+
+
+PartT = TypeVar("PartT")
+
+# An op spreads its parts over the cores (``on_cores``) only when it covers at least this
+# many elements: handing parts to a worker thread and back costs ~80 us (the thread pool's
+# hand-off and the BLAS limit), about what one core's element-wise passes over 2^19
+# float32 elements take.
+MIN_SPREAD_ELEMENTS = 1 << 19
+
+
+def on_cores(
+    run: Callable[[PartT], None], parts: Sequence[PartT], elements: int | None = None
+) -> None:
+    """``run(part)`` for every part, spread over as many threads as BLAS may use now, each
+    thread taking the next part as it becomes free; in turn on this thread when BLAS may use
+    one (inside one part of a split batch, where the cores are already taken), when there is
+    one part, or when ``elements`` (the size of the whole op) is below
+    ``MIN_SPREAD_ELEMENTS``.
+
+    How a single op uses the cores of an unsplit pass (the op benchmarks, a batch of one
+    long row): the BLAS thread count is the pass's core budget, so an op never adds threads
+    to cores a split batch has already filled. The parts must be independent (each writes
+    its own views, reading shared inputs) and call BLAS on one thread each.
+
+    Why threads take parts as they become free rather than a fixed share each: on a busy
+    machine one core may lose whole scheduler slices, and a fixed share would leave the
+    other idle at the end.
+    """
+    from numpyllm.nn.blas import blas_threads, current_threads
+
+    n = min(current_threads() or 1, available_cores(), len(parts))
+    if n < 2 or (elements is not None and elements < MIN_SPREAD_ELEMENTS):
+        for part in parts:
+            run(part)
+        return
+    queue = collections.deque(parts)
+    with blas_threads(1):
+        run_parts([partial(_run_from, run, queue)] * n)
+
+
+def _run_from(run: Callable[[PartT], None], queue: collections.deque) -> None:
+    """``run`` each part taken from ``queue`` until it is empty."""
+    while True:
+        try:
+            part = queue.popleft()  # atomic: no two threads get the same part
+        except IndexError:
+            return
+        run(part)
 
 
 def batch_slices(batch: int, parts: int) -> list[slice]:
