@@ -12,6 +12,7 @@ from benchmarks.common import alternate, one_thread, summary, torch_available
 # (name, shapes) at the size of the "medium" model's activations: N = B * T = 2048 rows.
 FULL = {"N": 2048, "d": 384, "ff": 1536, "B": 8, "H": 8, "T": 256, "V": 2048}
 QUICK = {"N": 32, "d": 16, "ff": 64, "B": 2, "H": 2, "T": 16, "V": 50}
+SAMPLE_SECONDS = 0.1
 
 
 def _numpyllm_ops(s: dict, rng: np.random.Generator) -> dict:
@@ -180,8 +181,10 @@ def run(quick: bool, rounds: int, threads: int = 1) -> list:
             if name in theirs:
                 sides["torch"] = theirs[name]
             with limit():
-                # Enough back-to-back calls per sample that each lasts a few milliseconds.
-                repeat = max(1, min(50, math.ceil(0.02 / max(1e-6, _once(fn)))))
+                # Enough back-to-back calls per sample that each lasts about 0.1 s: a
+                # two-thread op of a few milliseconds is at the mercy of one late thread
+                # wake-up, which shorter samples let decide a whole round.
+                repeat = max(1, min(200, math.ceil(SAMPLE_SECONDS / max(1e-6, _once(fn)))))
                 times = alternate(sides, rounds, repeat=repeat, warmup=2)
             values = {}
             for side, samples in times.items():
