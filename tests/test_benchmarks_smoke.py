@@ -97,3 +97,16 @@ def test_quick_benchmark_writes_table_and_json(tmp_path):
     if HAS_TORCH:
         generate = next(r for r in rows if r["section"] == "generate")
         assert {"torch_cache", "transformers"} <= set(generate["values"])
+
+
+def test_results_keep_a_section_for_every_cpu_kind_measured():
+    """RESULTS.md holds one section per CPU kind, each with its machine line and at least one
+    table; rewriting one kind's section must not drop another's."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    sections = text.split("\n## ")[1:]
+    kinds = [section.splitlines()[0] for section in sections]
+    assert any(kind.startswith("AMD EPYC") for kind in kinds), kinds
+    assert any(kind.startswith("Intel Xeon") for kind in kinds), kinds
+    for section in sections:
+        assert "Machine:" in section, section.splitlines()[0]
+        assert "\n|---|" in section, section.splitlines()[0]
