@@ -3,7 +3,9 @@
 Same maths as ``numpyllm.models.gpt``: learned positions, pre-LayerNorm, tanh GELU, tied
 head, no dropout. Two attention variants: ``"explicit"`` (softmax(q k^T / sqrt(dh)) v written
 out) and ``"sdpa"`` (``F.scaled_dot_product_attention``). Linear weights are stored (out, in)
-as torch's own ``nn.Linear`` does, so the torch side runs its usual fast path.
+as torch's own ``nn.Linear`` does, so the torch side runs its usual fast path. With
+``recompute=True`` a training forward keeps only each block's input and runs the block again
+in the backward (``torch.utils.checkpoint``), as numpyllm's ``recompute_activations`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class _Block(nn.Module):
@@ -55,12 +58,14 @@ class _Block(nn.Module):
 
 
 class TorchGPT(nn.Module):
-    """GPT-2 with the numpyllm GPT's config; ``attention`` is ``"explicit"`` or ``"sdpa"``."""
+    """GPT-2 with the numpyllm GPT's config; ``attention`` is ``"explicit"`` or ``"sdpa"``;
+    ``recompute``: activation checkpointing of every block in a training forward."""
 
-    def __init__(self, config, attention: str = "sdpa") -> None:
+    def __init__(self, config, attention: str = "sdpa", recompute: bool = False) -> None:
         super().__init__()
         if attention not in ("explicit", "sdpa"):
             raise ValueError(f"attention must be 'explicit' or 'sdpa', got {attention!r}")
+        self.recompute = recompute
         d = config.d_model
         self.wte = nn.Embedding(config.vocab_size, d)
         self.wpe = nn.Embedding(config.max_seq_len, d)
@@ -77,6 +82,9 @@ class TorchGPT(nn.Module):
         x = self.wte(ids) + self.wpe.weight[P : P + T]
         presents = []
         for i, block in enumerate(self.h):
+            if self.recompute and past is None and torch.is_grad_enabled():
+                x = checkpoint(lambda x, block=block: block(x)[0], x, use_reentrant=False)
+                continue  # no key-value cache from a training forward
             x, kv = block(x, None if past is None else past[i])
             presents.append(kv)
         logits = self.ln_f(x) @ self.wte.weight.T  # tied head

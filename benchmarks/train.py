@@ -51,12 +51,12 @@ def numpyllm_steps(model, ids: np.ndarray, threads: int, recompute: bool = False
     return train_step, forward
 
 
-def _torch_side(model, ids: np.ndarray, attention: str):
+def _torch_side(model, ids: np.ndarray, attention: str, recompute: bool = False):
     import torch
 
     from benchmarks.torch_gpt import TorchGPT
 
-    tmodel = TorchGPT(model.config, attention=attention)
+    tmodel = TorchGPT(model.config, attention=attention, recompute=recompute)
     tmodel.load_numpyllm(model)
     opt = torch.optim.AdamW(tmodel.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     tids = torch.from_numpy(ids.astype(np.int64))
@@ -112,9 +112,12 @@ def run(
                 train_sides[f"torch_{attention}"] = t_train
                 forward_sides[f"torch_{attention}"] = t_forward
         # The same step with activation recomputation (the memory-saving setting), against
-        # the same PyTorch steps.
+        # the same PyTorch steps, and against PyTorch recomputing each block as well
+        # (torch.utils.checkpoint, sdpa): the like-for-like comparison.
         _, recompute_train, _ = _numpyllm_side(cfg, ids, threads, recompute=True)
         recompute_sides = {**train_sides, "numpyllm": recompute_train}
+        if torch_available():
+            recompute_sides["torch_sdpa_recompute"] = _torch_side(model, ids, "sdpa", True)[2]
         # Per core: numpyllm unsplit with one BLAS thread against torch on one thread, the
         # measure of per-core efficiency that no split over the cores can hide.
         _, one_thread_train, _ = _numpyllm_side(cfg, ids, 1)

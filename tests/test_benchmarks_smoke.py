@@ -110,3 +110,32 @@ def test_results_keep_a_section_for_every_cpu_kind_measured():
     for section in sections:
         assert "Machine:" in section, section.splitlines()[0]
         assert "\n|---|" in section, section.splitlines()[0]
+
+
+def test_torch_gpt_recomputing_its_blocks_gives_the_same_loss_and_gradients():
+    """The torch side of the recompute row (``torch.utils.checkpoint`` per block) computes the
+    same step as the plain torch side, so the row compares like with like."""
+    if not HAS_TORCH:  # the library's own suite runs without torch; this checks the benchmark
+        return
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import numpyllm as nl
+    from benchmarks.torch_gpt import TorchGPT
+
+    config = nl.GPTConfig(vocab_size=30, n_layer=2, n_head=2, d_model=16, max_seq_len=12,
+                          dropout=0.0)  # fmt: skip
+    model = nl.GPT(config, rng=np.random.default_rng(0))
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 30, size=(3, 12)))
+    grads = []
+    for recompute in (False, True):
+        tmodel = TorchGPT(config, attention="sdpa", recompute=recompute).double()
+        tmodel.load_numpyllm(model)  # copied into the float64 parameters
+        _, loss, _ = tmodel(ids, labels=ids)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in tmodel.parameters()]))
+    (plain_loss, plain), (loss, recomputed) = grads
+    assert loss == plain_loss
+    for a, b in zip(plain, recomputed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
