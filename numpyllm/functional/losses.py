@@ -56,7 +56,6 @@ def _over_row_blocks(run: Callable[[slice], None], rows: int, width: int) -> Non
     on_cores(run, blocks, elements=rows * width)
 
 
-
 def cross_entropy_forward(
     logits: np.ndarray, targets: np.ndarray, ignore_index: int = -100
 ) -> tuple[np.ndarray, tuple]:

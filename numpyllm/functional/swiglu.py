@@ -66,9 +66,9 @@ def swiglu_backward(
     """(dgate, dup) for h = silu(gate) ⊙ up (derivation in the module docstring).
 
     Eight passes, chunk by chunk (as the GELUs, and over the cores as they are) with a
-    chunk of scratch. ``overwrite``: the cache and dout are spent (a model's backward, which drops
-    both), so dup is written into σ's memory and dgate into dout's (a C-ordered array of
-    gate's dtype), and no (..., d_ff) array is allocated: fresh arrays of that size cost
+    chunk of scratch. ``overwrite``: the cache and dout are spent (a model's backward, which
+    drops both), so dup is written into σ's memory and dgate into dout's (a C-ordered array
+    of gate's dtype), and no (..., d_ff) array is allocated: fresh arrays of that size cost
     their page faults on first touch.
     """
     gate, up, sig = cache

@@ -98,8 +98,8 @@ PartT = TypeVar("PartT")
 
 # An op spreads its parts over the cores (``on_cores``) only when it covers at least this
 # many elements: handing parts to a worker thread and back costs ~80 us (the thread pool's
-# hand-off and the BLAS limit), about what one core's element-wise passes over 2^19
-# float32 elements take.
+# hand-off and the BLAS limit), about one element-wise pass over 2^19 float32 elements, so
+# from this size on an op of several passes gains more than the hand-off costs.
 MIN_SPREAD_ELEMENTS = 1 << 19
 
 
