@@ -101,8 +101,8 @@ def cross_entropy_forward(
     sums = np.empty(len(z), dtype=z.dtype)
 
     def block(rows: slice) -> None:
-        eb = np.subtract(z[rows], z[rows].max(axis=1, keepdims=True, initial=-np.inf),
-                         out=e[rows])  # fmt: skip  # <= 0
+        zb = z[rows]
+        eb = np.subtract(zb, zb.max(axis=1, keepdims=True, initial=-np.inf), out=e[rows])  # <= 0
         target_logit[rows] = eb[np.arange(len(eb)), safe_t[rows]]  # read before the exp
         np.exp(eb, out=eb)
         sums[rows] = eb.sum(axis=1)  # each >= 1 (pairwise summation: accurate for large V)

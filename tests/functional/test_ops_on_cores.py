@@ -78,13 +78,18 @@ def _ops(seed: int, rows: int, width: int, dtype: type) -> dict[str, Callable[[]
 @given(seed=seeds(), rows=st.integers(1, 40), width=st.integers(1, 50),
        threads=st.integers(2, 4), dtype=st.sampled_from([np.float32, np.float64]))  # fmt: skip
 def test_every_op_gives_the_same_bits_on_any_number_of_threads(seed, rows, width, threads, dtype):
+    """In many small chunks on one thread or several, the bits of the op taken whole: chunks
+    are elementwise slices or whole rows, so cutting them changes no operation."""
     for name, op in _ops(seed, rows, width, dtype).items():
+        with cores(1, chunk=1 << 30):
+            whole = op()
         with cores(1):
             alone = op()
         with cores(threads) as calls:
             spread = op()
-        for a, b in zip(alone, spread, strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=name)
+        for w, a, b in zip(whole, alone, spread, strict=True):
+            np.testing.assert_array_equal(a, w, err_msg=name)
+            np.testing.assert_array_equal(b, w, err_msg=name)
             assert np.asarray(a).dtype == np.asarray(b).dtype == dtype, name
         if rows * width > 2 * 64:  # more than one chunk or block: the parts went to threads
             assert calls and all(n >= 2 for n in calls), (name, calls)
